@@ -1,0 +1,60 @@
+"""The ``fedsynth`` command: one module per subcommand, each a thin call into the packages.
+
+A command module exposes ``register(subparsers)`` which adds its parser and sets
+``func(args) -> int``. Heavy imports (torch, flwr) happen inside ``func`` so that
+``fedsynth --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from fedsynth import __version__
+from fedsynth.common.errors import FedsynthError
+
+# Subcommand modules in the order --help lists them.
+COMMANDS: tuple[str, ...] = (
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedsynth",
+        description=(
+            "Federated, differentially private synthesis of brain-tumour MRI: "
+            "pix2pix (label map -> T1, T1c, T2, FLAIR) trained across hospital sites with "
+            "Flower and Opacus. Run 'fedsynth COMMAND --help' for each command."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"fedsynth {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"fedsynth.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except FedsynthError as e:
+        print(f"fedsynth {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fedsynth {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

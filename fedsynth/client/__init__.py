@@ -1,0 +1,1 @@
+"""A hospital site: the Flower ClientApp and the site's own state."""

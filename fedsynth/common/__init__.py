@@ -1,0 +1,1 @@
+"""What both sides of the federation share: config, data, models, training, privacy, I/O."""

@@ -1,0 +1,237 @@
+"""Typed configuration: YAML files in ``configs/`` + ``key=value`` overrides -> frozen dataclasses.
+
+Parsed once at the edge (CLI, ServerApp, ClientApp); everything below takes these objects.
+OmegaConf checks key names and types against the dataclasses; ``_check_ranges`` checks values.
+Every error names the dotted key, e.g. ``config key 'train.lr': must be > 0, got -1``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fedsynth.common.errors import ConfigError
+
+DEFAULT_CACHE_DIR = "~/.cache/fedsynth"
+
+
+@dataclass
+class DataConfig:
+    source: str = "phantom"  # "phantom" (built-in, generated on first use) or "cohort"
+    cohort_dir: str | None = None  # BraTS-layout folder; required when source == "cohort"
+    cache_dir: str = DEFAULT_CACHE_DIR  # phantom cohorts and slice caches live here
+    strict: bool = True  # True: any invalid case is an error; False: skip it with a warning
+    labels_optional: bool = False  # allow cases without a label map (synthesis inputs only)
+
+
+@dataclass
+class PhantomConfig:
+    subjects: int = 40
+    sites: int = 4  # scanner sites simulated in the phantom cohort
+    voxel_size: float = 2.0  # mm; coarser than BraTS's 1 mm so the demo is fast
+    healthy_fraction: float = 0.1  # subjects generated without a tumour
+    seed: int = 0
+
+
+@dataclass
+class SplitConfig:
+    policy: str = "by-site"  # "iid" | "dirichlet" | "by-site"
+    sites: int = 4  # training sites K
+    test_fraction: float = 0.2  # held-out patients, never used for training by anyone
+    alpha: float = 0.5  # Dirichlet concentration (quantity skew) for policy "dirichlet"
+    site_csv: str | None = None  # CSV with columns subject,site for policy "by-site" on real data
+    seed: int = 0
+
+
+@dataclass
+class PreprocessConfig:
+    image_size: int = 64  # slices are resized to image_size x image_size
+    min_brain_fraction: float = 0.05  # axial slices with less brain than this are skipped
+    lower_percentile: float = 0.5  # robust intensity window inside the brain
+    upper_percentile: float = 99.5
+    tissue_seed: int = 0  # seed of the 3-class Gaussian mixture for computed tissue maps
+
+
+@dataclass
+class ModelConfig:
+    generator: str = "unet2d"
+    discriminator: str = "patchgan2d"
+    generator_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    discriminator_channels: int = 32
+    discriminator_layers: int = 3
+    norm_groups: int = 8  # GroupNorm groups (Opacus-compatible; no BatchNorm)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000  # optimisation steps (each: one D step and one G step)
+    batch_size: int = 8  # expected patients per step (Poisson rate q = batch_size / patients)
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    l1_weight: float = 100.0
+    gan_loss: str = "lsgan"  # "lsgan" | "bce"
+    tumour_slice_prob: float = 0.7  # chance the sampled slice of a patient shows tumour
+    eval_every: int = 100  # steps between held-out image-quality evaluations
+    checkpoint_every: int = 100
+    sample_every: int = 100
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+
+
+@dataclass
+class PrivacyConfig:
+    enabled: bool = True
+    target_epsilon: float = 10.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    accountant: str = "rdp"  # "rdp" | "prv"
+
+
+@dataclass
+class FederationConfig:
+    rounds: int = 10
+    local_steps: int = 50
+    aggregation: str = "fedavg"  # "fedavg" | "fedmedian" | "trimmed-mean"
+    trim_fraction: float = 0.2  # for trimmed-mean
+    min_sites: int = 2  # a round with fewer successful sites fails
+    round_timeout_s: float = 3600.0
+    client_cpus: float = 1.0
+    client_gpus: float = 0.0
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    name: str = "fedsynth"
+    data: DataConfig = field(default_factory=DataConfig)
+    phantom: PhantomConfig = field(default_factory=PhantomConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+
+
+_ = MISSING  # re-exported for sections that add required keys later
+
+# (key, predicate, description) checked after parsing; the key names the offending value.
+_CHOICES: dict[str, Sequence[str]] = {
+    "data.source": ("phantom", "cohort"),
+    "split.policy": ("iid", "dirichlet", "by-site"),
+    "train.gan_loss": ("lsgan", "bce"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "privacy.accountant": ("rdp", "prv"),
+    "federation.aggregation": ("fedavg", "fedmedian", "trimmed-mean"),
+}
+_POSITIVE = [
+    "phantom.subjects", "phantom.sites", "phantom.voxel_size", "split.sites", "split.alpha",
+    "preprocess.image_size", "train.steps", "train.batch_size", "train.lr", "train.eval_every",
+    "train.checkpoint_every", "train.sample_every", "privacy.target_epsilon", "privacy.delta",
+    "privacy.max_grad_norm", "federation.rounds", "federation.local_steps",
+    "federation.min_sites", "federation.round_timeout_s", "model.discriminator_channels",
+    "model.discriminator_layers", "model.norm_groups",
+]  # fmt: skip
+_UNIT_INTERVAL = [  # closed [0, 1]
+    "phantom.healthy_fraction", "preprocess.min_brain_fraction", "train.tumour_slice_prob",
+    "train.beta1", "train.beta2",
+]  # fmt: skip
+_OPEN_UNIT_INTERVAL = ["split.test_fraction", "privacy.delta"]  # open (0, 1)
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _check_ranges(cfg: Config) -> None:
+    for key, choices in _CHOICES.items():
+        if _get(cfg, key) not in choices:
+            raise ConfigError(key, f"must be one of {', '.join(choices)}; got {_get(cfg, key)!r}")
+    for key in _POSITIVE:
+        if not _get(cfg, key) > 0:
+            raise ConfigError(key, f"must be > 0, got {_get(cfg, key)}")
+    for key in _UNIT_INTERVAL:
+        if not 0.0 <= _get(cfg, key) <= 1.0:
+            raise ConfigError(key, f"must be in [0, 1], got {_get(cfg, key)}")
+    for key in _OPEN_UNIT_INTERVAL:
+        if not 0.0 < _get(cfg, key) < 1.0:
+            raise ConfigError(key, f"must be in (0, 1), got {_get(cfg, key)}")
+    if not 0.0 <= cfg.federation.trim_fraction < 0.5:
+        raise ConfigError("federation.trim_fraction", "must be in [0, 0.5)")
+    if cfg.federation.client_cpus <= 0 or cfg.federation.client_gpus < 0:
+        raise ConfigError("federation.client_cpus", "client resources must be > 0 CPUs, >= 0 GPUs")
+    if not 0 <= cfg.preprocess.lower_percentile < cfg.preprocess.upper_percentile <= 100:
+        raise ConfigError("preprocess.lower_percentile", "need 0 <= lower < upper <= 100")
+    if cfg.preprocess.image_size % 16:
+        raise ConfigError("preprocess.image_size", "must be a multiple of 16 (U-Net depth)")
+    if cfg.data.source == "cohort" and not cfg.data.cohort_dir:
+        raise ConfigError("data.cohort_dir", "required when data.source is 'cohort'")
+    if not cfg.model.generator_channels or min(cfg.model.generator_channels) <= 0:
+        raise ConfigError("model.generator_channels", "must be a non-empty list of positive ints")
+
+
+def _omegaconf_key(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
+    return str(key)
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Load ``path`` (YAML) over the defaults, apply ``key=value`` overrides, validate.
+
+    Raises ConfigError naming the key for unknown keys, wrong types and values out of range.
+    """
+    schema = OmegaConf.structured(Config)
+    layers: list[DictConfig] = [schema]
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError("<file>", f"config file {path} does not exist")
+        try:
+            layers.append(OmegaConf.load(path))  # type: ignore[arg-type]
+        except Exception as e:  # YAML syntax errors come in several types
+            raise ConfigError("<file>", f"{path} is not valid YAML: {e}") from e
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(item, "overrides must look like key=value (e.g. train.steps=10)")
+    try:
+        if overrides:
+            layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(*layers)
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        msg = str(e).splitlines()[0]
+        raise ConfigError(_omegaconf_key(e), msg) from e
+    _check_ranges(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config from a resolved dict (e.g. a run directory's config.yaml)."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(data))
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        raise ConfigError(_omegaconf_key(e), str(e).splitlines()[0]) from e
+    _check_ranges(cfg)
+    return cfg
+
+
+def expand_path(p: str | Path) -> Path:
+    return Path(p).expanduser().resolve()

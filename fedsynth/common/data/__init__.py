@@ -1,0 +1,1 @@
+"""The data layer: BraTS discovery and labels, validation, preprocessing, caches, phantoms, splits."""

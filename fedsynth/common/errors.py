@@ -1,0 +1,55 @@
+"""One exception family whose messages are written for people.
+
+Every error names what it is about (a file, a config key, a site) and, where there is one,
+what to do about it. The CLI prints ``str(error)`` and exits non-zero without a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class FedsynthError(Exception):
+    """Base class of every error fedsynth raises on purpose."""
+
+
+class ConfigError(FedsynthError):
+    """A configuration key is unknown, missing, mistyped or out of range."""
+
+    def __init__(self, key: str, problem: str):
+        self.key = key
+        self.problem = problem
+        super().__init__(f"config key '{key}': {problem}")
+
+
+class DataError(FedsynthError):
+    """A data file is unreadable or its content is invalid."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class CheckpointError(FedsynthError):
+    """A checkpoint is missing, corrupted or does not fit the model it is loaded into."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"checkpoint {self.path}: {problem}")
+
+
+class PrivacyBudgetError(FedsynthError):
+    """Taking the requested steps would spend more privacy than the budget allows."""
+
+
+class OutputExistsError(FedsynthError):
+    """An output directory exists and the caller did not ask to overwrite or resume it."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        super().__init__(
+            f"{self.path} already exists; choose another --out, pass --overwrite, "
+            "or --resume it where the command supports that"
+        )

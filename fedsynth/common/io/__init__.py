@@ -1,0 +1,1 @@
+"""Input and output that must never leave a half-written file behind."""

@@ -1,0 +1,1 @@
+"""The consortium's server: the Flower ServerApp, generator-only aggregation, checkpoints."""
