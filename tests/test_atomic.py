@@ -29,3 +29,16 @@ def test_atomic_directory_refuses_existing_and_cleans_up(tmp_path):
         raise ValueError("interrupted")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cohort"]
     assert (out / "x.txt").exists() and not (out / "y.txt").exists()
+
+
+def test_outputs_follow_the_umask_not_mkstemp_private_modes(tmp_path):
+    target = tmp_path / "f.txt"
+    atomic_write_json(target, {})
+    with atomic_directory(tmp_path / "d") as tmp:
+        (tmp / "x").write_text("x")
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~mask

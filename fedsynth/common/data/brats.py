@@ -57,6 +57,9 @@ class CaseFiles:
     images: dict[str, Path] = field(default_factory=dict)  # modality key -> path
     seg: Path | None = None
     tissue: Path | None = None  # optional tissue map (``<id>_tissue`` / ``-tissue``)
+    # Files that name an already-found key again (``x_t1.nii`` next to ``x_t1.nii.gz``):
+    # which one is meant is ambiguous, so validation reports them instead of picking one.
+    duplicates: list[Path] = field(default_factory=list)
 
     @property
     def missing_modalities(self) -> list[str]:
@@ -76,14 +79,26 @@ def _match(folder: Path, naming: Naming) -> CaseFiles:
             continue
         suffix = stem[len(prefix) :]
         if suffix == "tissue":
-            case.tissue = f
+            _assign(case, "tissue", f)
         elif suffix in by_suffix:
-            key = by_suffix[suffix]
-            if key == SEG:
-                case.seg = f
-            else:
-                case.images[key] = f
+            _assign(case, by_suffix[suffix], f)
     return case
+
+
+def _assign(case: CaseFiles, key: str, path: Path) -> None:
+    """Record ``path`` as the file of ``key``; a second file for the same key is a duplicate.
+
+    Folder entries arrive sorted, so ``.nii`` comes before ``.nii.gz`` and is the one kept.
+    """
+    current = case.tissue if key == "tissue" else case.seg if key == SEG else case.images.get(key)
+    if current is not None:
+        case.duplicates.append(path)
+    elif key == "tissue":
+        case.tissue = path
+    elif key == SEG:
+        case.seg = path
+    else:
+        case.images[key] = path
 
 
 def find_case(folder: str | Path) -> CaseFiles:
@@ -102,7 +117,10 @@ def discover_cases(cohort_dir: str | Path) -> list[CaseFiles]:
         raise DataError(root, "cohort folder does not exist or is not a directory")
     folders = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
     if not folders:
-        raise DataError(root, "no subject folders found (expected BraTS layout: <cohort>/<id>/<id>_t1.nii.gz ...)")
+        raise DataError(
+            root,
+            "no subject folders found (expected BraTS layout: <cohort>/<id>/<id>_t1.nii.gz ...)",
+        )
     return [find_case(f) for f in folders]
 
 
@@ -118,5 +136,29 @@ def normalise_labels(seg: np.ndarray, naming: Naming) -> np.ndarray:
     return out
 
 
+def labels_for_naming(seg: np.ndarray, naming: Naming) -> np.ndarray:
+    """Inverse of ``normalise_labels``: internal labels 0..3 -> the values ``naming`` stores.
+
+    Writers of 2021-named files use this so enhancing tumour is stored as 4 there. Returns
+    uint8 of the same shape.
+    """
+    out = np.asarray(seg).astype(np.uint8, copy=True)
+    if naming.enhancing_label != ENHANCING:
+        out[out == ENHANCING] = naming.enhancing_label
+    return out
+
+
 def allowed_label_values(naming: Naming) -> set[int]:
+    """Label values a label file of ``naming`` may contain."""
     return {BACKGROUND, NECROTIC, OEDEMA, naming.enhancing_label}
+
+
+def naming_title(naming: Naming) -> str:
+    """How people call the naming, for messages: 'BraTS 2017-2021' or 'BraTS 2023'."""
+    return "BraTS 2017-2021" if naming.enhancing_label == 4 else "BraTS 2023"
+
+
+def expected_path(case: CaseFiles, key: str) -> Path:
+    """Where the file of ``key`` (a modality, ``seg`` or ``tissue``) would be, as .nii.gz."""
+    suffix = "tissue" if key == "tissue" else case.naming.suffixes[key]
+    return case.folder / f"{case.case_id}{case.naming.separator}{suffix}.nii.gz"
