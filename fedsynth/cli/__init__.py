@@ -18,6 +18,12 @@ from fedsynth.common.errors import FedsynthError
 
 # Subcommand modules in the order --help lists them.
 COMMANDS: tuple[str, ...] = (
+    "phantoms",
+    "validate_data",
+    "preprocess",
+    "simulate",
+    "train",
+    "synthesize",
 )
 
 

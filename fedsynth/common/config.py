@@ -8,6 +8,7 @@ Every error names the dotted key, e.g. ``config key 'train.lr': must be > 0, got
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,10 @@ class TrainConfig:
     checkpoint_every: int = 100
     sample_every: int = 100
     device: str = "auto"  # "auto" | "cpu" | "cuda"
+    # Central trainer only: train on every site's training patients ("all") or one ("site-k").
+    site: str = "all"
+    eval_slices: int = 64  # held-out slices scored (MAE/PSNR/SSIM) at each evaluation
+    sample_slices: int = 4  # fixed held-out label maps shown in samples/*.png
 
 
 @dataclass
@@ -106,6 +111,32 @@ class FederationConfig:
 
 
 @dataclass
+class SynthesisConfig:
+    # Where label maps come from: "atlas" (MNI152 anatomy + procedural tumours, no patient
+    # data) or "cohort" (label maps of a BraTS-layout folder the synthesising party may use).
+    label_source: str = "atlas"
+    cohort_dir: str | None = None  # required when label_source == "cohort"
+    atlas_anatomies: int = 8  # distinct deformed MNI152 brains in an atlas bank
+    atlas_voxel_size: float = 2.0  # mm; grid of atlas label cases (and of the cohort written)
+    atlas_healthy_fraction: float = 0.25  # atlas brains without a tumour (transplant recipients)
+    cases: int = 20  # synthetic cases written by `fedsynth synthesize` (--cases overrides)
+    seed: int = 0  # seeds the bank, the edits and the generator's noise: same seed, same cohort
+    batch_size: int = 16  # axial slices per generator forward pass
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    # Edits (Shin et al. 2018), each applied to a source case with its probability.
+    p_transplant: float = 0.3  # put the tumour on another bank case's anatomy
+    p_healthy_recipient: float = 0.5  # transplant: prefer a tumour-free recipient brain
+    p_scale: float = 0.5  # grow or shrink the tumour about its centre
+    scale_min: float = 0.7  # linear scale factor range (volume changes by factor**3)
+    scale_max: float = 1.3
+    p_rotate: float = 0.3  # rotate the tumour about its centre
+    max_rotation_deg: float = 30.0  # per axis, uniform in [-max, max]
+    p_translate: float = 0.5  # move the tumour inside the brain
+    max_shift_mm: float = 20.0  # per axis, uniform in [-max, max]
+    p_remove: float = 0.1  # remove the tumour: a healthy case
+
+
+@dataclass
 class Config:
     seed: int = 0
     name: str = "fedsynth"
@@ -117,6 +148,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
 
 
 _ = MISSING  # re-exported for sections that add required keys later
@@ -129,6 +161,8 @@ _CHOICES: dict[str, Sequence[str]] = {
     "train.device": ("auto", "cpu", "cuda"),
     "privacy.accountant": ("rdp", "prv"),
     "federation.aggregation": ("fedavg", "fedmedian", "trimmed-mean"),
+    "synthesis.label_source": ("atlas", "cohort"),
+    "synthesis.device": ("auto", "cpu", "cuda"),
 }
 _POSITIVE = [
     "phantom.subjects", "phantom.sites", "phantom.voxel_size", "split.sites", "split.alpha",
@@ -171,12 +205,56 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError("federation.client_cpus", "client resources must be > 0 CPUs, >= 0 GPUs")
     if not 0 <= cfg.preprocess.lower_percentile < cfg.preprocess.upper_percentile <= 100:
         raise ConfigError("preprocess.lower_percentile", "need 0 <= lower < upper <= 100")
+    if cfg.train.site != "all" and not re.fullmatch(r"site-\d+", cfg.train.site):
+        raise ConfigError("train.site", f"must be 'all' or 'site-<k>', got {cfg.train.site!r}")
+    for key in ("train.eval_slices", "train.sample_slices"):
+        if _get(cfg, key) < 0:
+            raise ConfigError(key, f"must be >= 0, got {_get(cfg, key)}")
     if cfg.preprocess.image_size % 16:
         raise ConfigError("preprocess.image_size", "must be a multiple of 16 (U-Net depth)")
     if cfg.data.source == "cohort" and not cfg.data.cohort_dir:
         raise ConfigError("data.cohort_dir", "required when data.source is 'cohort'")
     if not cfg.model.generator_channels or min(cfg.model.generator_channels) <= 0:
         raise ConfigError("model.generator_channels", "must be a non-empty list of positive ints")
+    _check_synthesis(cfg.synthesis)
+
+
+def _check_synthesis(syn: SynthesisConfig) -> None:
+    for key in (
+        "atlas_anatomies",
+        "atlas_voxel_size",
+        "cases",
+        "batch_size",
+        "scale_min",
+        "scale_max",
+    ):
+        if not getattr(syn, key) > 0:
+            raise ConfigError(f"synthesis.{key}", f"must be > 0, got {getattr(syn, key)}")
+    for key in (
+        "atlas_healthy_fraction",
+        "p_transplant",
+        "p_healthy_recipient",
+        "p_scale",
+        "p_rotate",
+        "p_translate",
+        "p_remove",
+    ):
+        if not 0.0 <= getattr(syn, key) <= 1.0:
+            raise ConfigError(f"synthesis.{key}", f"must be in [0, 1], got {getattr(syn, key)}")
+    if syn.scale_min > syn.scale_max:
+        raise ConfigError(
+            "synthesis.scale_min", f"must be <= synthesis.scale_max ({syn.scale_max})"
+        )
+    if not 0.0 <= syn.max_rotation_deg <= 180.0:
+        raise ConfigError(
+            "synthesis.max_rotation_deg", f"must be in [0, 180], got {syn.max_rotation_deg}"
+        )
+    if syn.max_shift_mm < 0:
+        raise ConfigError("synthesis.max_shift_mm", f"must be >= 0, got {syn.max_shift_mm}")
+    if syn.label_source == "cohort" and not syn.cohort_dir:
+        raise ConfigError(
+            "synthesis.cohort_dir", "required when synthesis.label_source is 'cohort'"
+        )
 
 
 def _omegaconf_key(err: OmegaConfBaseException) -> str:

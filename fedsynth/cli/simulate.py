@@ -1,0 +1,135 @@
+"""``fedsynth simulate``: federated training of K simulated sites with Flower's simulation engine.
+
+    fedsynth simulate configs/demo.yaml --out runs/fed [key=value ...]
+    fedsynth simulate --resume runs/fed [federation.rounds=12]
+
+One SuperNode per site (``split.sites``), each with ``federation.client_cpus`` CPUs and
+``federation.client_gpus`` GPUs. The ServerApp and ClientApp are the same objects
+``flwr run .`` and a real deployment use (fedsynth.server.app, fedsynth.client.app).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from fedsynth.cli._common import add_config_args
+from fedsynth.common.config import Config, load_config
+from fedsynth.common.errors import ConfigError, OutputExistsError
+
+log = logging.getLogger(__name__)
+
+RESUMABLE_PREFIX = "federation."  # a resumed run may change only how the federation runs
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "simulate",
+        help="federated GAN training of simulated hospital sites (Flower simulation engine)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_args(p, config_required=False)
+    p.add_argument("--out", type=Path, help="run directory to create")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run after its last completed round")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=run)
+
+
+def resolve_run(args: argparse.Namespace) -> tuple[Config, Path]:
+    """(config, run dir) of a new run (CONFIG --out) or a resumed one (--resume)."""
+    overrides = list(args.overrides)
+    if args.config and "=" in args.config:  # `--resume DIR key=value`: argparse took it as CONFIG
+        overrides.insert(0, args.config)
+        args.config = None
+    if args.resume:
+        run_dir = args.resume.expanduser().resolve()
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError("--resume", f"{run_dir} is not a fedsynth run directory (no config.yaml)")
+        bad = [o for o in overrides if not o.startswith(RESUMABLE_PREFIX)]
+        if bad or args.config:
+            raise ConfigError(
+                bad[0] if bad else "CONFIG",
+                "a resumed run keeps its config; only federation.* keys may change (e.g. federation.rounds=12)",
+            )
+        return load_config(saved, overrides), run_dir
+    if not args.config or not args.out:
+        raise ConfigError("CONFIG", "give CONFIG and --out RUN_DIR, or --resume RUN_DIR")
+    run_dir = args.out.expanduser().resolve()
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not args.overwrite:
+            raise OutputExistsError(run_dir)
+        shutil.rmtree(run_dir)
+    return load_config(args.config, overrides), run_dir
+
+
+@contextlib.contextmanager
+def flower_environment(run_dir: Path) -> Iterator[Path]:
+    """No telemetry, Flower's files in the run dir, Ray's in a short temporary dir.
+
+    Ray's temp dir holds Unix sockets whose paths must stay under ~107 characters, so it
+    cannot live in an arbitrary (deep) run directory.
+    """
+    saved = {k: os.environ.get(k) for k in ("FLWR_TELEMETRY_ENABLED", "FLWR_HOME")}
+    os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+    os.environ["FLWR_HOME"] = str(run_dir / ".flwr")
+    ray_tmp = Path(tempfile.mkdtemp(prefix="fedsynth-ray-"))
+    try:
+        yield ray_tmp
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def backend_config(cfg: Config, ray_tmp: Path) -> dict:
+    fed = cfg.federation
+    return {
+        "client_resources": {"num_cpus": fed.client_cpus, "num_gpus": fed.client_gpus},
+        "init_args": {"_temp_dir": str(ray_tmp), "include_dashboard": False},
+    }
+
+
+def simulate(cfg: Config, run_dir: Path) -> int:
+    """Run the federation; returns the last completed round."""
+    from flwr.simulation import run_simulation
+
+    from fedsynth.client.app import app as client_app
+    from fedsynth.common.data.cohort import resolve_cohort
+    from fedsynth.server import checkpointing
+    from fedsynth.server.app import ServerSettings, make_server_app, write_run_config
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_config(run_dir, cfg)
+    resolve_cohort(cfg)  # generate a phantom cohort once, here, not in K racing workers
+    settings = ServerSettings(cfg, run_dir, expected_sites=cfg.split.sites)
+    with flower_environment(run_dir) as ray_tmp:
+        run_simulation(
+            server_app=make_server_app(settings),
+            client_app=client_app,
+            num_supernodes=cfg.split.sites,
+            backend_config=backend_config(cfg, ray_tmp),  # type: ignore[arg-type]
+        )
+    state = checkpointing.load_state(run_dir)
+    return 0 if state is None else state.round
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg, run_dir = resolve_run(args)
+    done = simulate(cfg, run_dir)
+    if done < cfg.federation.rounds:
+        print(f"{run_dir}: stopped after round {done} of {cfg.federation.rounds}; resume with "
+              f"'fedsynth simulate --resume {run_dir}'")  # fmt: skip
+        return 1
+    print(f"{run_dir}: {done} rounds; generator in {run_dir / 'checkpoints' / 'generator.safetensors'}")
+    return 0

@@ -1,0 +1,111 @@
+"""Who a site is and where its data and state live, from the SuperNode's node config.
+
+Simulation (Flower's simulation engine): ``context.node_config`` is
+``{"partition-id": i, "num-partitions": K}``; the site is ``site-<i>`` of the config's split
+(``fedsynth.common.data.cohort``), its state dir ``<run dir>/sites/site-<i>/state``.
+
+Deployment (a real SuperNode): ``--node-config 'data-path="/data/brats" state-dir="/var/lib/
+fedsynth" site-name="site-2"'``: ``data-path`` is a BraTS cohort folder holding only this
+site's patients, ``state-dir`` persists the discriminator, optimisers and privacy accountant.
+
+The site's data is validated when its slice cache is built, before its first round
+(``data.strict``: any invalid case is an error that fails the site's rounds; otherwise invalid
+cases are skipped with a warning); a changed source file rebuilds (and revalidates) it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedsynth.common.config import Config
+from fedsynth.common.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from fedsynth.common.data.cache import SliceCache
+
+log = logging.getLogger(__name__)
+
+_SITE_INDEX = re.compile(r"^site-(\d+)$")
+
+
+@dataclass(frozen=True)
+class SiteIdentity:
+    """Name and disk locations of one site.
+
+    index: ``site-<index>`` as the server reports it; -1 when the name is not of that form.
+    data_path: None in simulation (the config's cohort and split give the data).
+    """
+
+    name: str
+    index: int
+    state_dir: Path
+    data_path: Path | None
+
+
+def identify_site(node_config: dict[str, Any], run_dir: str | Path | None) -> SiteIdentity:
+    """The site of a SuperNode from its node config (see module docstring)."""
+    if "data-path" in node_config:
+        return _deployed_site(node_config)
+    if "partition-id" not in node_config:
+        raise ConfigError(
+            "node-config",
+            f"expected 'partition-id' (simulation) or 'data-path' (deployment), got {sorted(node_config)}",
+        )
+    index = int(node_config["partition-id"])
+    name = f"site-{index}"
+    if not run_dir:
+        raise ConfigError("run-dir", "the server sent no run directory for the simulated sites' state")
+    return SiteIdentity(name, index, Path(run_dir) / "sites" / name / "state", None)
+
+
+def _deployed_site(node_config: dict[str, Any]) -> SiteIdentity:
+    data_path = Path(str(node_config["data-path"])).expanduser()
+    name = str(node_config.get("site-name") or data_path.name)
+    match = _SITE_INDEX.match(name)
+    default_state = Path("~/.local/state/fedsynth").expanduser() / name
+    state_dir = Path(str(node_config.get("state-dir") or default_state)).expanduser()
+    return SiteIdentity(name, int(match.group(1)) if match else -1, state_dir, data_path)
+
+
+def load_site_data(cfg: Config, site: SiteIdentity) -> SliceCache:
+    """The site's slice cache, built on first use; its cases are validated as they are read.
+
+    With ``data.strict`` an invalid case is a DataError naming every bad file (the site's
+    rounds then fail with that message in the server log); otherwise it is skipped.
+    """
+    from fedsynth.common.config import expand_path
+    from fedsynth.common.data.brats import discover_cases
+    from fedsynth.common.data.cache import build_slices, site_slices
+
+    if site.data_path is None:
+        return site_slices(cfg, simulated_subjects(cfg, site), site.name)
+    # Deployment: the folder holds only this site's patients; no split, no manifest written.
+    subjects = [c.case_id for c in discover_cases(site.data_path)]
+    return build_slices(
+        cohort_dir=site.data_path,
+        subjects=subjects,
+        name=site.name,
+        preprocess=cfg.preprocess,
+        cache_root=expand_path(cfg.data.cache_dir) / "slices",
+        strict=cfg.data.strict,
+        labels_optional=cfg.data.labels_optional,
+    )
+
+
+def simulated_subjects(cfg: Config, site: SiteIdentity) -> list[str]:
+    """Subject ids of a simulated site: its part of the config's split."""
+    from fedsynth.common.data import cohort as cohort_mod
+
+    cohort_dir = cohort_mod.resolve_cohort(cfg)
+    split = cohort_mod.load_split(cohort_dir)
+    if site.name not in split.sites:
+        raise DataError(
+            cohort_dir / "manifest.csv",
+            f"the split has no {site.name} (sites: {', '.join(sorted(split.sites))}); "
+            "a simulation runs split.sites sites",
+        )
+    return list(split.sites[site.name])

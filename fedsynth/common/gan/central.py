@@ -1,0 +1,225 @@
+"""The centralised trainer behind ``fedsynth train``: pooled training patients, one trainer.
+
+Writes the run directory (see rundir.py) and resumes from its latest complete checkpoint.
+Every evaluation interval: held-out image quality, a metrics line, plots; every checkpoint
+interval: generator + full state and privacy.json; every sample interval: the sample grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedsynth.common.config import Config, config_from_dict, config_to_yaml
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.gan.evaluation import eval_indices, evaluate_quality, save_sample_grid
+from fedsynth.common.gan.rundir import RunDir
+from fedsynth.common.gan.trainer import LocalTrainer, StepReport
+from fedsynth.common.io.atomic import atomic_write_text
+from fedsynth.common.io.checkpoints import save_checkpoint
+from fedsynth.common.models.registry import architecture_hash
+from fedsynth.common.privacy.report import describe_epsilon, write_privacy_json
+
+log = logging.getLogger(__name__)
+SITE = "central"
+
+
+@dataclass
+class CentralData:
+    train: Any  # SliceCache of the training patients
+    test: Any  # SliceCache of the held-out patients (split.test)
+
+
+def training_subjects(cfg: Config, sites: dict[str, list[str]]) -> list[str]:
+    """Subjects of every site (train.site "all") or of one site; ConfigError for unknown."""
+    if cfg.train.site == "all":
+        return [s for name in sorted(sites) for s in sites[name]]
+    if cfg.train.site not in sites:
+        raise ConfigError(
+            "train.site", f"{cfg.train.site!r} is not in the split; sites: {', '.join(sorted(sites))}"
+        )
+    return list(sites[cfg.train.site])
+
+
+def load_central_data(cfg: Config) -> CentralData:
+    """Slice caches of the training part of the cohort and of its held-out test split."""
+    from fedsynth.common.data.cache import site_slices
+    from fedsynth.common.data.cohort import load_split, resolve_cohort
+
+    split = load_split(resolve_cohort(cfg))
+    subjects = training_subjects(cfg, split.sites)
+    name = "train-all" if cfg.train.site == "all" else f"train-{cfg.train.site}"
+    return CentralData(site_slices(cfg, subjects, name), site_slices(cfg, list(split.test), "test"))
+
+
+class CentralRun:
+    """One central training run bound to a run directory (fresh or resumed)."""
+
+    def __init__(self, cfg: Config, run: RunDir, data: CentralData, device: str | None = None):
+        self.cfg, self.run, self.data = cfg, run, data
+        self.trainer = LocalTrainer(cfg, data.train, planned_steps=cfg.train.steps, site=SITE, device=device)
+        self.eval_idx = eval_indices(data.test, cfg.train.eval_slices, cfg.seed)
+        from fedsynth.common.data.datasets import fixed_eval_slices
+
+        self.sample_idx = fixed_eval_slices(data.test, cfg.train.sample_slices, cfg.seed)
+
+    def resume(self) -> int:
+        step = self.run.latest_step()
+        self.trainer.load(self.run.state_checkpoint(step))
+        self.run.truncate_metrics(step)
+        return step
+
+    def train(self, progress: bool = True) -> StepReport | None:
+        """Train until train.steps, evaluating/checkpointing on the configured intervals."""
+        t = self.cfg.train
+        last: StepReport | None = None
+        start = time.perf_counter()
+        while self.trainer.steps_done < t.steps:
+            n = _steps_to_next_event(self.trainer.steps_done, t)
+            last = self.trainer.train_steps(n, progress=progress)
+            self._after_steps(last, time.perf_counter() - start)
+        return last
+
+    def _after_steps(self, report: StepReport, elapsed: float) -> None:
+        step, t = self.trainer.steps_done, self.cfg.train
+        final = step >= t.steps
+        if step % t.eval_every == 0 or final:
+            self.evaluate(report, elapsed)
+        if step % t.sample_every == 0 or final:
+            save_sample_grid(
+                self.trainer.generate, self.data.test, self.sample_idx, self.run.sample_png(step),
+                title=f"step {step}, {describe_epsilon(self.trainer.epsilon, self.cfg.privacy.delta)}",
+            )  # fmt: skip
+        if step % t.checkpoint_every == 0 or final:
+            self.checkpoint()
+
+    def evaluate(self, report: StepReport, elapsed: float) -> dict[str, Any]:
+        q = evaluate_quality(self.trainer.generate, self.data.test, self.eval_idx)
+        record = {
+            "step": self.trainer.steps_done,
+            "loss_d": report.loss_d,
+            "loss_g_adv": report.loss_g_adv,
+            "loss_g_l1": report.loss_g_l1,
+            "epsilon": self.trainer.epsilon,
+            "slices_per_s": report.slices / report.seconds if report.seconds > 0 else math.nan,
+            "seconds": elapsed,
+            **q,
+        }
+        self.run.append_metrics(record)
+        self.run.write_plots()
+        log.info(
+            "step %d: D %.3f, G adv %.3f, L1 %.3f, held-out PSNR %.2f dB, %s",
+            record["step"], report.loss_d, report.loss_g_adv, report.loss_g_l1,
+            q["mean"].get("psnr", math.nan), describe_epsilon(record["epsilon"], self.cfg.privacy.delta),
+        )  # fmt: skip
+        return record
+
+    def checkpoint(self) -> None:
+        """Generator (for synthesis) and full state (for resume), then privacy.json, then
+        latest.json: a crash in between leaves the previous checkpoint as the latest."""
+        step = self.trainer.steps_done
+        save_generator_checkpoint(self.trainer, self.run.generator_checkpoint(step))
+        self.trainer.save(self.run.state_checkpoint(step))
+        self.write_privacy()
+        self.run.mark_latest(step)
+
+    def write_privacy(self) -> dict[str, Any]:
+        p = self.cfg.privacy
+        return write_privacy_json(
+            self.run.privacy,
+            accountant=p.accountant,
+            delta=p.delta,
+            dp_enabled=p.enabled,
+            sites={SITE: self.trainer.privacy()},
+        )
+
+
+def save_generator_checkpoint(trainer: LocalTrainer, path: Path) -> Path:
+    """The generator alone, with what synthesis needs to rebuild it and to label its output."""
+    cfg = trainer.cfg
+    from dataclasses import asdict
+
+    return save_checkpoint(
+        path,
+        trainer.generator.state_dict(),
+        architecture=cfg.model.generator,
+        config_hash=architecture_hash(cfg.model),
+        step=trainer.steps_done,
+        extra={
+            "model": asdict(cfg.model),
+            "image_size": trainer.image_size,
+            "epsilon": trainer.epsilon if math.isfinite(trainer.epsilon) else None,
+            "delta": cfg.privacy.delta,
+            "dp_enabled": trainer.dp_enabled,
+        },
+    )
+
+
+def _steps_to_next_event(done: int, t: Any) -> int:
+    """Steps until the next evaluation, sample, checkpoint or the end."""
+    nxt = min(
+        (done // every + 1) * every for every in (t.eval_every, t.sample_every, t.checkpoint_every)
+    )
+    return min(nxt, t.steps) - done
+
+
+def train_central(
+    cfg: Config,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    data: CentralData | None = None,
+    device: str | None = None,
+) -> RunDir:
+    """Start a new run in ``out`` and train to the end. ``data`` overrides loading the cohort."""
+    run = RunDir(out)
+    run.create(cfg, overwrite=overwrite)
+    central = CentralRun(cfg, run, data or load_central_data(cfg), device)
+    central.write_privacy()
+    central.train(progress)
+    return run
+
+
+def resume_central(
+    out: str | Path,
+    *,
+    overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+    data: CentralData | None = None,
+    device: str | None = None,
+) -> RunDir:
+    """Continue the run in ``out`` from its latest checkpoint with its saved config.
+
+    ``overrides`` (dotted key -> value) may change e.g. train.steps to train further; the
+    privacy accountant's history is restored, so the budget still holds.
+    """
+    from omegaconf import OmegaConf
+
+    run = RunDir(out)
+    if not run.config.is_file():
+        raise ConfigError("--resume", f"{run.root} has no config.yaml: not a run directory")
+    saved = OmegaConf.to_container(OmegaConf.load(run.config))
+    cfg = config_from_dict(saved)  # type: ignore[arg-type]
+    if overrides:
+        merged = OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(
+            [f"{k}={v}" for k, v in overrides.items()]
+        ))  # fmt: skip
+        cfg = config_from_dict(OmegaConf.to_container(merged))  # type: ignore[arg-type]
+        atomic_write_text(run.config, config_to_yaml(cfg))  # config.yaml says what ran
+    central = CentralRun(cfg, run, data or load_central_data(cfg), device)
+    step = central.resume()
+    log.info("resuming %s at step %d of %d", run.root, step, cfg.train.steps)
+    central.train(progress)
+    return run
+
+
+def set_determinism() -> None:
+    """Deterministic kernels where torch has them (cheap on CPU); warn, not fail, elsewhere."""
+    torch.use_deterministic_algorithms(True, warn_only=True)

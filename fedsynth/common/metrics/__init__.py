@@ -1,0 +1,1 @@
+"""Metrics: image quality of synthetic images against paired ground truth."""

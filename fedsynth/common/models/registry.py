@@ -1,0 +1,81 @@
+"""Build networks from ``cfg.model`` by name; an unknown name is a ConfigError listing the valid ones."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+
+from torch import nn
+
+from fedsynth.common.config import ModelConfig
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.models.discriminator import ConditionalPatchGAN
+from fedsynth.common.models.generator import UNetGenerator
+
+
+def _unet(cfg: ModelConfig, spatial_dims: int) -> nn.Module:
+    return UNetGenerator(
+        spatial_dims=spatial_dims,
+        channels=tuple(cfg.generator_channels),
+        norm_groups=cfg.norm_groups,
+    )
+
+
+def _patchgan(cfg: ModelConfig, spatial_dims: int) -> nn.Module:
+    return ConditionalPatchGAN(
+        spatial_dims=spatial_dims,
+        channels=cfg.discriminator_channels,
+        num_layers=cfg.discriminator_layers,
+        norm_groups=cfg.norm_groups,
+    )
+
+
+# name -> (builder, spatial dims). 3-D variants are the same builders with spatial_dims=3.
+GENERATORS: dict[str, tuple[Callable[[ModelConfig, int], nn.Module], int]] = {
+    "unet2d": (_unet, 2),
+    "unet3d": (_unet, 3),
+}
+DISCRIMINATORS: dict[str, tuple[Callable[[ModelConfig, int], nn.Module], int]] = {
+    "patchgan2d": (_patchgan, 2),
+    "patchgan3d": (_patchgan, 3),
+}
+
+
+def _build(table: dict, name: str, key: str, cfg: ModelConfig) -> nn.Module:
+    if name not in table:
+        raise ConfigError(key, f"unknown network {name!r}; valid: {', '.join(sorted(table))}")
+    _check_groups(cfg)
+    builder, dims = table[name]
+    return builder(cfg, dims)
+
+
+def _check_groups(cfg: ModelConfig) -> None:
+    # GroupNorm needs every normalised channel count divisible by the group count.
+    counts = list(cfg.generator_channels) + [
+        cfg.discriminator_channels * 2**i for i in range(1, cfg.discriminator_layers + 1)
+    ]
+    bad = [c for c in counts if c % cfg.norm_groups]
+    if bad:
+        raise ConfigError(
+            "model.norm_groups",
+            f"{cfg.norm_groups} does not divide the channel counts {bad} "
+            "(model.generator_channels / model.discriminator_channels)",
+        )
+
+
+def build_generator(cfg: ModelConfig) -> nn.Module:
+    """The generator named by ``cfg.generator`` (see GENERATORS), freshly initialised."""
+    return _build(GENERATORS, cfg.generator, "model.generator", cfg)
+
+
+def build_discriminator(cfg: ModelConfig) -> nn.Module:
+    """The discriminator named by ``cfg.discriminator`` (see DISCRIMINATORS)."""
+    return _build(DISCRIMINATORS, cfg.discriminator, "model.discriminator", cfg)
+
+
+def architecture_hash(cfg: ModelConfig) -> str:
+    """Short fingerprint of the model section: checkpoints store it and loading checks it."""
+    blob = json.dumps(asdict(cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

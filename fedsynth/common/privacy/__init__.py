@@ -1,0 +1,1 @@
+"""Differential privacy with the patient as the protected unit: DP-SGD, accounting, reports."""

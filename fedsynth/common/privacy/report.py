@@ -1,0 +1,109 @@
+"""``privacy.json``: what was accounted, in one format for central and federated runs.
+
+Format (all keys always present)::
+
+    {
+      "unit": "patient",
+      "accountant": "rdp" | "prv",
+      "delta": float,
+      "dp_enabled": bool,
+      "sites": {site: {"epsilon": float | null, "noise_multiplier": float | null,
+                       "step_noise_multiplier": float | null, "sample_rate": float,
+                       "steps": int, "max_grad_norm": float | null,
+                       "history": [{"noise_multiplier", "sample_rate", "steps"}, ...]}},
+      "worst_epsilon": float | null,
+      "statement": str
+    }
+
+``noise_multiplier`` and ``history`` are the mechanisms exactly as the accountant saw them
+(the joint D+G mechanism, sigma / sqrt(2)); ``step_noise_multiplier`` is sigma, the noise
+added in each of the D and G steps. ``null`` epsilon means infinity: no differential privacy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedsynth.common.io.atomic import atomic_write_json
+
+NO_DP = "epsilon = infinity (no differential privacy)"
+
+
+@dataclass(frozen=True)
+class SitePrivacy:
+    """What one site's accountant recorded. epsilon is math.inf without DP."""
+
+    epsilon: float
+    sample_rate: float
+    steps: int  # accountant steps (one per training iteration: D and G step jointly)
+    noise_multiplier: float | None = None  # as accounted (joint mechanism); None without DP
+    step_noise_multiplier: float | None = None  # sigma added in each of the D and G steps
+    max_grad_norm: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "epsilon": self.epsilon if math.isfinite(self.epsilon) else None,
+            "noise_multiplier": self.noise_multiplier,
+            "step_noise_multiplier": self.step_noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "steps": self.steps,
+            "max_grad_norm": self.max_grad_norm,
+            "history": self.history,
+        }
+
+
+def describe_epsilon(epsilon: float, delta: float) -> str:
+    """Plain words for one epsilon: 'epsilon = 3.21 at delta = 1e-05' or the no-DP sentence."""
+    if not math.isfinite(epsilon):
+        return NO_DP
+    return f"epsilon = {epsilon:.3g} at delta = {delta:g}"
+
+
+def privacy_statement(sites: dict[str, SitePrivacy], delta: float, dp_enabled: bool) -> str:
+    """One line saying what was accounted, for people."""
+    if not dp_enabled:
+        return (
+            f"{NO_DP}: the generator was trained without DP on the data of "
+            f"{', '.join(sorted(sites)) or 'no site'} and may memorise patients."
+        )
+    worst = max((s.epsilon for s in sites.values()), default=0.0)
+    return (
+        f"Patient-level ({describe_epsilon(worst, delta)}) differential privacy for every "
+        f"patient at the worst of {len(sites)} site(s): Poisson-sampled patients, one slice "
+        "each, both discriminator and generator steps DP-SGD, composed by one accountant per site."
+    )
+
+
+def privacy_report(
+    *, accountant: str, delta: float, dp_enabled: bool, sites: dict[str, SitePrivacy]
+) -> dict[str, Any]:
+    worst = max((s.epsilon for s in sites.values()), default=0.0) if dp_enabled else math.inf
+    return {
+        "unit": "patient",
+        "accountant": accountant,
+        "delta": delta,
+        "dp_enabled": dp_enabled,
+        "sites": {name: s.to_json() for name, s in sorted(sites.items())},
+        "worst_epsilon": worst if math.isfinite(worst) else None,
+        "statement": privacy_statement(sites, delta, dp_enabled),
+    }
+
+
+def write_privacy_json(
+    path: str | Path,
+    *,
+    accountant: str,
+    delta: float,
+    dp_enabled: bool,
+    sites: dict[str, SitePrivacy],
+) -> dict[str, Any]:
+    """Write ``privacy.json`` atomically and return what was written."""
+    report = privacy_report(
+        accountant=accountant, delta=delta, dp_enabled=dp_enabled, sites=sites
+    )
+    atomic_write_json(path, report)
+    return report

@@ -1,0 +1,144 @@
+"""The ServerApp: reads the config once, runs the strategy's rounds, records every round.
+
+Two ways in, one code path (``run_server``):
+
+- ``flwr run .`` (simulation or deployment): the module-level ``app`` reads the run config of
+  pyproject's ``[tool.flwr.app.config]``: ``config`` (a YAML file), ``overrides``
+  (space-separated ``key=value``) and ``run-dir``.
+- ``fedsynth simulate``: ``make_server_app(ServerSettings(...))`` with the parsed config,
+  because Flower's ``run_simulation`` passes no run config.
+
+The clients get the resolved config as YAML text in every train ConfigRecord (with the
+server round and the run directory), so a site needs nothing but its data and a state dir.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedsynth.common.config import Config, config_to_yaml, load_config
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.io.atomic import atomic_write_text
+from fedsynth.server import checkpointing
+from fedsynth.server.evaluation import HeldOutEvaluator
+from fedsynth.server.rounds import RoundRecorder
+from fedsynth.server.strategy import build_strategy
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"  # the resolved config of a run directory
+TRAIN_CONFIG_KEYS = ("config-yaml", "run-dir", "rounds")  # + "server-round", set by Flower
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    cfg: Config
+    run_dir: Path
+    expected_sites: int  # SuperNodes the first round waits for
+
+
+def settings_from_run_config(run_config: dict[str, object]) -> ServerSettings:
+    """Settings from ``context.run_config`` (``flwr run``): config, overrides, run-dir."""
+    if "config" not in run_config:
+        raise ConfigError(
+            "tool.flwr.app.config.config",
+            "missing: set config = \"configs/smoke.yaml\" in pyproject.toml or pass "
+            "--run-config 'config=\"...\"' to flwr run",
+        )
+    path = _find_config(str(run_config["config"]))
+    overrides = shlex.split(str(run_config.get("overrides", "")))
+    cfg = load_config(path, overrides)
+    run_dir = Path(str(run_config.get("run-dir") or f"runs/{cfg.name}-flwr")).expanduser().resolve()
+    return ServerSettings(cfg, run_dir, expected_sites=cfg.split.sites)
+
+
+def _find_config(name: str) -> Path:
+    # `flwr run` executes the app from its installed copy (the FAB), whose root holds configs/.
+    path = Path(name).expanduser()
+    if path.is_absolute() or path.is_file():
+        return path
+    app_root = Path(__file__).resolve().parents[2]
+    return app_root / path if (app_root / path).is_file() else path
+
+
+def initial_generator(cfg: Config) -> dict[str, np.ndarray]:
+    """A freshly initialised generator (seeded by ``cfg.seed``) as name -> float32 array."""
+    import torch
+
+    from fedsynth.common.models.registry import build_generator
+
+    torch.manual_seed(cfg.seed)
+    model = build_generator(cfg.model)
+    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def to_array_record(weights: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
+
+
+def write_run_config(run_dir: Path, cfg: Config) -> None:
+    """Write ``config.yaml`` of a new run directory (a resumed one keeps its own)."""
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        atomic_write_text(path, config_to_yaml(cfg))
+
+
+def train_config(cfg: Config, run_dir: Path) -> ConfigRecord:
+    """What every site receives besides the generator: the whole resolved config as YAML."""
+    return ConfigRecord(
+        {"config-yaml": config_to_yaml(cfg), "run-dir": str(run_dir), "rounds": cfg.federation.rounds}
+    )
+
+
+def run_server(grid: Grid, settings: ServerSettings) -> checkpointing.ServerState:
+    """Run (or resume) the federation of ``settings.run_dir`` until ``federation.rounds``."""
+    cfg, run_dir = settings.cfg, settings.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_config(run_dir, cfg)
+    resume = checkpointing.load_resume_point(run_dir)
+    if resume is None:
+        state, weights = checkpointing.ServerState(), initial_generator(cfg)
+    else:
+        state, weights = resume
+        log.info("resuming %s after round %d", run_dir, state.round)
+    state.rounds = cfg.federation.rounds
+    recorder = RoundRecorder(run_dir, cfg, state, evaluator=HeldOutEvaluator(cfg, run_dir))
+    recorder.drop_uncommitted()
+    remaining = cfg.federation.rounds - state.round
+    if remaining <= 0:
+        log.info("%s already completed %d of %d rounds", run_dir, state.round, state.rounds)
+        recorder.finish()
+        return state
+    strategy = build_strategy(cfg, expected_sites=settings.expected_sites, round_offset=state.round)
+    recorder.strategy = strategy
+    strategy.start(
+        grid,
+        to_array_record(weights),
+        num_rounds=remaining,
+        timeout=cfg.federation.round_timeout_s,
+        train_config=train_config(cfg, run_dir),
+        evaluate_fn=recorder,
+    )
+    recorder.finish()
+    return state
+
+
+def make_server_app(settings: ServerSettings | None = None) -> ServerApp:
+    """A ServerApp running ``run_server`` with ``settings``, or with the run config if None."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_server(grid, settings or settings_from_run_config(dict(context.run_config)))
+
+    return server_app
+
+
+app = make_server_app()

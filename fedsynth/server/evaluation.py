@@ -1,0 +1,88 @@
+"""Server-side look at the global generator: sample grid and held-out image quality.
+
+The server reads only the held-out ("test") split of the config's cohort, which no site
+trains on; it never touches site data. It reuses the central trainer's evaluation
+(``fedsynth.common.gan.evaluation``): the same fixed slices, metrics and grid, so federated
+and central runs compare directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedsynth.common.config import Config
+
+
+def quality_due(round_: int, rounds: int, local_steps: int, eval_every: int) -> bool:
+    """Score image quality whenever train.eval_every local steps were crossed, and at the end."""
+    return round_ == rounds or (round_ * local_steps) // eval_every > ((round_ - 1) * local_steps) // eval_every
+
+
+class HeldOutEvaluator:
+    """Callable (round, generator weights) -> held-out metrics (empty when not due).
+
+    Writes ``samples/step_<round x local_steps>.png`` every round; scores MAE/PSNR/SSIM inside
+    the brain on ``train.eval_slices`` fixed held-out slices when ``quality_due``.
+    """
+
+    def __init__(self, cfg: Config, run_dir: Path):
+        self.cfg, self.run_dir = cfg, run_dir
+        self._test: Any = None
+        self._generator: Any = None
+
+    def _data(self) -> tuple[Any, np.ndarray, np.ndarray]:
+        from fedsynth.common.data.datasets import fixed_eval_slices
+        from fedsynth.common.gan.evaluation import eval_indices
+
+        if self._test is None:
+            from fedsynth.common.data.cache import site_slices
+            from fedsynth.common.data.cohort import load_split, resolve_cohort
+
+            self._test = site_slices(self.cfg, list(load_split(resolve_cohort(self.cfg)).test), "test")
+        t = self.cfg.train
+        return (
+            self._test,
+            fixed_eval_slices(self._test, t.sample_slices, self.cfg.seed),
+            eval_indices(self._test, t.eval_slices, self.cfg.seed),
+        )
+
+    def generate_fn(self, weights: dict[str, np.ndarray]) -> Any:
+        """cond (B, 7, S, S) -> images (B, 4, S, S) with the given generator weights."""
+        import torch
+
+        from fedsynth.common.models.registry import build_generator
+
+        if self._generator is None:
+            self._generator = build_generator(self.cfg.model).eval()
+        self._generator.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()})
+
+        @torch.no_grad()
+        def generate(cond: torch.Tensor) -> torch.Tensor:
+            return torch.cat([self._generator(cond[i : i + 32]) for i in range(0, len(cond), 32)])
+
+        return generate
+
+    def quality(self, weights: dict[str, np.ndarray]) -> dict[str, Any]:
+        """{"quality": {contrast: {mae, psnr, ssim}}, "mean": {...}, "slices": n}."""
+        from fedsynth.common.gan.evaluation import evaluate_quality
+
+        test, _, scored = self._data()
+        return evaluate_quality(self.generate_fn(weights), test, scored)
+
+    def __call__(self, round_: int, weights: dict[str, np.ndarray]) -> dict[str, Any]:
+        from fedsynth.common.gan.evaluation import save_sample_grid
+        from fedsynth.common.gan.rundir import RunDir
+
+        test, grid, _ = self._data()
+        fed = self.cfg.federation
+        step = round_ * fed.local_steps
+        save_sample_grid(
+            self.generate_fn(weights), test, grid, RunDir(self.run_dir).sample_png(step),
+            title=f"{self.cfg.name}: global generator after round {round_}",
+        )  # fmt: skip
+        if not quality_due(round_, fed.rounds, fed.local_steps, self.cfg.train.eval_every):
+            return {}
+        return self.quality(weights)

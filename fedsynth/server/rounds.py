@@ -1,0 +1,153 @@
+"""What the server writes after every round: checkpoint, metrics rows, audit rows, state.
+
+``RoundRecorder`` is passed to Flower's ``Strategy.start`` as its ``evaluate_fn``, which
+Flower calls after every round with the new global generator: the hook where a round ends,
+without copying Flower's loop. Files it writes in the run directory:
+
+- ``metrics.jsonl``: per round one row per site (``"kind": "site"``: status, losses, epsilon,
+  steps, time) and one aggregate row (``"kind": "round"``: site counts, weighted mean losses,
+  worst-case epsilon, round time, held-out image quality when computed).
+- ``replies.jsonl``: per round and site, the names and types of the records of the reply,
+  its array keys and shapes and its metric keys: what crossed the network.
+- ``privacy.json``: one entry per site (see ``fedsynth.server.privacy_report``), rewritten
+  every round.
+- checkpoints and ``server_state.json`` (see ``fedsynth.server.checkpointing``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, MetricRecord
+
+from fedsynth.common.config import Config
+from fedsynth.common.gan.rundir import RunDir
+from fedsynth.common.io.atomic import append_jsonl
+from fedsynth.server import checkpointing
+from fedsynth.server.privacy_report import site_privacy_entry, write_federated_privacy
+from fedsynth.server.strategy import DECLINED, OK, GeneratorUpdates, RoundOutcome, round_metrics
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+REPLIES_FILE = "replies.jsonl"
+
+# (round, weights) -> held-out metrics as fedsynth.common.gan.evaluation.evaluate_quality
+# returns them ({"quality", "mean", "slices"}; {} when not due); may write sample images.
+Evaluator = Callable[[int, dict[str, np.ndarray]], dict[str, Any]]
+
+
+def _clean(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def site_rows(outcome: RoundOutcome, local_steps: int) -> list[dict[str, Any]]:
+    """One metrics.jsonl row per site of a round."""
+    rows = []
+    for s in outcome.sites:
+        row: dict[str, Any] = {
+            "round": outcome.round, "kind": "site", "step": outcome.round * local_steps,
+            "site": s.site, "status": s.status,
+        }  # fmt: skip
+        if s.reason:
+            row["reason"] = s.reason
+        row.update({k.replace("-", "_"): _clean(v) for k, v in s.metrics.items()})
+        rows.append(row)
+    return rows
+
+
+def round_row(outcome: RoundOutcome, metrics: MetricRecord, seconds: float, local_steps: int) -> dict[str, Any]:
+    row: dict[str, Any] = {"round": outcome.round, "kind": "round", "step": outcome.round * local_steps}
+    row.update({k.replace("-", "_"): _clean(float(v)) for k, v in metrics.items()})  # type: ignore[arg-type]
+    row["epsilon"] = row.get("epsilon_max")  # worst site: the run's epsilon, as in central rows
+    row["seconds"] = round(seconds, 3)
+    return row
+
+
+class RoundRecorder:
+    """Flower ``evaluate_fn``: after each round, write its files and commit the state."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: Config,
+        state: checkpointing.ServerState,
+        evaluator: Evaluator | None = None,
+    ):
+        self.run_dir, self.cfg, self.state = run_dir, cfg, state
+        self.evaluator = evaluator
+        self.strategy: GeneratorUpdates | None = None
+        self._round_started = time.perf_counter()
+
+    def drop_uncommitted(self) -> None:
+        """Remove rows a killed server wrote for a round it did not commit."""
+        for name in (METRICS_FILE, REPLIES_FILE):
+            dropped = checkpointing.truncate_metrics(self.run_dir / name, self.state.round)
+            if dropped:
+                log.info("dropped %d rows of uncommitted round %d from %s", dropped, self.state.round + 1, name)
+
+    def __call__(self, flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if flower_round == 0:  # Flower's call before the first round
+            self._round_started = time.perf_counter()
+            return None
+        assert self.strategy is not None and self.strategy.last_round is not None
+        outcome = self.strategy.last_round
+        weights = {k: a.numpy() for k, a in arrays.items()}
+        quality = self.evaluator(outcome.round, weights) if self.evaluator else {}
+        seconds = time.perf_counter() - self._round_started
+        self.record(outcome, weights, quality, seconds)
+        self._round_started = time.perf_counter()
+        means = {f"heldout-{k}": float(v) for k, v in quality.get("mean", {}).items()}
+        return MetricRecord(means) if means else None
+
+    def record(
+        self, outcome: RoundOutcome, weights: dict[str, np.ndarray], quality: dict[str, Any], seconds: float
+    ) -> None:
+        """Checkpoint, rows, then the commit (see checkpointing's write order)."""
+        local = self.cfg.federation.local_steps
+        metrics = round_metrics(outcome)
+        eps = float(metrics["epsilon-max"]) if "epsilon-max" in metrics else math.inf
+        path = checkpointing.save_checkpoint(
+            self.run_dir, self.cfg, outcome.round, weights,
+            {"epsilon": _clean(eps), "delta": self.cfg.privacy.delta, "dp_enabled": self.cfg.privacy.enabled,
+             "federated": True, "sites": len(outcome.sites)},
+        )  # fmt: skip
+        summary = round_row(outcome, metrics, seconds, local)
+        summary.update(quality)
+        run = RunDir(self.run_dir)
+        for row in [*site_rows(outcome, local), summary]:
+            run.append_metrics(row)  # non-finite -> null, as in central runs
+        for s in outcome.sites:
+            if s.reply:
+                append_jsonl(self.run_dir / REPLIES_FILE, {"round": outcome.round, "site": s.site, **s.reply})
+        for s in outcome.sites:
+            if s.status in (OK, DECLINED):  # an accountant report the site stands behind
+                self.state.sites[s.site] = site_privacy_entry(s.metrics, s.history, self.cfg.privacy.enabled)
+        self.state.round = outcome.round
+        self.state.checkpoint = path.name
+        self.state.seconds += seconds
+        self.state.history.append(summary)
+        checkpointing.commit_round(self.run_dir, self.state)
+        self.finish()
+        self._log_progress(outcome, summary)
+
+    def _log_progress(self, outcome: RoundOutcome, summary: dict[str, Any]) -> None:
+        losses = " ".join(f"{k}={v:.3f}" for k, v in summary.items() if k.startswith("loss_") and v is not None)
+        eps = summary.get("epsilon_max")
+        log.info(
+            "round %d/%d: %d/%d sites ok%s, epsilon max %s, %s, %.1f s",
+            outcome.round, self.state.rounds, outcome.count(OK), len(outcome.sites),
+            "" if outcome.aggregated else " (NOT aggregated: too few sites)",
+            "n/a" if eps is None else f"{eps:.2f}", losses or "no losses", summary["seconds"],
+        )  # fmt: skip
+
+    def finish(self) -> None:
+        """Write privacy.json from the latest per-site accountant reports."""
+        if self.state.sites:
+            write_federated_privacy(self.run_dir, self.cfg, self.state.sites)

@@ -1,0 +1,1 @@
+"""Synthesis: label maps (atlas or cohort, edited) -> generator -> synthetic BraTS cohorts."""

@@ -1,0 +1,197 @@
+"""The datasheet of a synthetic cohort (``datasheet.json``) and its contact sheet (PNG).
+
+The datasheet says what a synthetic cohort is made of and what it may reveal: which
+generator (file hash, training run, rounds or steps, sites), under which privacy guarantee
+(epsilon and delta per site and the worst case, from the run's ``privacy.json``, or in words
+that there was none), from which label maps (source and every edit, per case) and with which
+seed and fedsynth version, on which date.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedsynth import __version__
+from fedsynth.common.config import Config
+from fedsynth.common.data.brats import MODALITIES
+
+DATASHEET_VERSION = 1
+NO_DP_WORDS = "no differential privacy: epsilon is infinite; the generator may memorise patients"
+UNKNOWN_PRIVACY = (
+    "unknown: no privacy.json found with the checkpoint; treat as no differential privacy"
+)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def privacy_section(run_dir: Path | None) -> dict[str, Any]:
+    """epsilon/delta per site and worst case from ``run_dir/privacy.json``.
+
+    Returns {"dp_enabled", "delta", "unit", "sites": {site: {"epsilon", "delta"}},
+    "worst_epsilon", "statement"}; epsilon None means infinite (no DP).
+    """
+    report = _read_json(run_dir / "privacy.json") if run_dir is not None else None
+    if report is None:
+        return {
+            "dp_enabled": None,
+            "sites": {},
+            "worst_epsilon": None,
+            "statement": UNKNOWN_PRIVACY,
+        }
+    dp = bool(report.get("dp_enabled"))
+    delta = report.get("delta")
+    sites = {
+        name: {"epsilon": entry.get("epsilon") if dp else None, "delta": delta if dp else None}
+        for name, entry in sorted(report.get("sites", {}).items())
+    }
+    worst = report.get("worst_epsilon") if dp else None
+    if dp:
+        statement = (
+            f"patient-level differential privacy: worst epsilon = {worst:.3g} at delta = {delta:g} "
+            f"over {len(sites)} site(s)"
+            if worst is not None
+            else "differential privacy enabled but no finite epsilon was recorded"
+        )
+    else:
+        statement = NO_DP_WORDS
+    return {
+        "dp_enabled": dp,
+        "unit": report.get("unit", "patient"),
+        "accountant": report.get("accountant"),
+        "delta": delta if dp else None,
+        "sites": sites,
+        "worst_epsilon": worst,
+        "statement": statement,
+        "training_statement": report.get("statement"),
+    }
+
+
+def training_section(gen: Any) -> dict[str, Any]:
+    """Checkpoint hash, run directory, rounds (federated) or steps, sites."""
+    run_dir = gen.run_dir
+    state = _read_json(run_dir / "server_state.json") if run_dir is not None else None
+    privacy = _read_json(run_dir / "privacy.json") if run_dir is not None else None
+    rounds = gen.extra.get("round", (state or {}).get("round"))
+    mode = "unknown" if run_dir is None else "federated" if state is not None else "central"
+    sites = sorted((privacy or {}).get("sites", {})) or sorted((state or {}).get("sites", {}))
+    return {
+        "checkpoint": str(gen.path.resolve()),
+        "checkpoint_sha256": gen.sha256,
+        "run_dir": str(run_dir) if run_dir is not None else None,
+        "run_name": gen.run_config.name if gen.run_config is not None else None,
+        "mode": mode,
+        "rounds": rounds,
+        "steps": gen.step,
+        "sites": sites,
+        "generator": asdict(gen.model),
+        "image_size": gen.image_size,
+        "checkpoint_epsilon": gen.extra.get("epsilon"),
+    }
+
+
+def _edit_counts(provenance: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for p in provenance:
+        for e in p["edits"]:
+            counts[e["edit"]] = counts.get(e["edit"], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def build_datasheet(
+    cfg: Config,
+    gen: Any,
+    bank: Any,
+    provenance: list[dict[str, Any]],
+    *,
+    n_slices: int,
+    device: str,
+) -> dict[str, Any]:
+    """The datasheet as a JSON-ready dict (see docs/synthesis.md for every field)."""
+    syn = asdict(cfg.synthesis)
+    volumes = [p["tumour_volume_ml"] for p in provenance]
+    return {
+        "datasheet_version": DATASHEET_VERSION,
+        "fedsynth_version": __version__,
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cases": len(provenance),
+        "slices_generated": n_slices,
+        "device": device,
+        "seed": cfg.synthesis.seed,
+        "layout": {
+            "naming": "BraTS 2017-2021 (<id>/<id>_t1, _t1ce, _t2, _flair, _seg, _tissue)",
+            "labels_on_disk": {
+                "0": "background",
+                "1": "necrotic / non-enhancing core",
+                "2": "oedema",
+                "4": "enhancing",
+            },
+            "tissue": {"0": "background", "1": "CSF", "2": "GM", "3": "WM"},
+            "intensity": "int16, generator output [-1, 1] -> [0, 1000]; 0 outside the brain",
+            "modalities": list(MODALITIES),
+        },
+        "generator": training_section(gen),
+        "privacy": privacy_section(gen.run_dir),
+        "label_source": {
+            **bank.description,
+            "edits": {k: v for k, v in syn.items() if k.startswith(("p_", "scale_", "max_"))},
+            "edit_counts": _edit_counts(provenance),
+            "healthy_cases": sum(v == 0 for v in volumes),
+            "tumour_volume_ml": _summary(volumes),
+        },
+        "synthesis_config": syn,
+        "case_provenance": provenance,
+    }
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    a = np.asarray(values, float)
+    return {
+        k: round(float(f(a)), 3)
+        for k, f in (("min", np.min), ("median", np.median), ("max", np.max))
+    }
+
+
+def write_contact_sheet(samples: list[Any], path: Path) -> None:
+    """PNG: one row per sample case (largest-tumour slice): condition map, then T1, T1c, T2, FLAIR."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    from fedsynth.common.data.preprocess import display_view
+    from fedsynth.common.io.atomic import save_figure
+
+    # bg, CSF, GM, WM, necrotic, oedema, enhancing
+    cmap = ListedColormap(
+        ["black", "#2b4c7e", "#7a7a7a", "#d9d9d9", "#d62728", "#2ca02c", "#ffdd00"]
+    )
+    rows = max(len(samples), 1)
+    fig, axes = plt.subplots(rows, 5, figsize=(10, 2.1 * rows), squeeze=False)
+    for r, s in enumerate(samples):
+        cond = np.where(s.labels > 0, s.labels.astype(int) + 3, s.tissue.astype(int))
+        axes[r, 0].imshow(display_view(cond), cmap=cmap, vmin=0, vmax=6, interpolation="nearest")
+        axes[r, 0].set_ylabel(s.case_id, fontsize=8)
+        for c in range(4):
+            axes[r, c + 1].imshow(display_view(s.images[c]), cmap="gray", vmin=-1, vmax=1)
+    for c, title in enumerate(["label map", *MODALITIES]):
+        axes[0, c].set_title(title, fontsize=9)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    save_figure(fig, path, dpi=80)
+    plt.close(fig)

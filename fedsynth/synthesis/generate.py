@@ -1,0 +1,219 @@
+"""Label cases -> generator -> synthetic BraTS-layout cohort (2021 naming).
+
+Each label case is cut into axial slices exactly as training data were (crop to the brain's
+bounding box, pad to a square, nearest-neighbour resize to the generator's image size; see
+``fedsynth.common.data.preprocess``), turned into the 7 one-hot condition channels, run
+through the generator in batches, and the generated slices are resized back and reassembled
+into volumes on the label case's grid.
+
+Written per synthetic case ``synth_<i>``: ``_t1``, ``_t1ce``, ``_t2``, ``_flair`` (int16,
+generator output [-1, 1] mapped to [0, 1000], at least 1 inside the brain and exactly 0
+outside, like skull-stripped BraTS), ``_seg`` (uint8, enhancing stored as 4) and ``_tissue``
+(uint8 0..3). Plus ``manifest.csv``, ``datasheet.json`` and ``contact_sheet.png``; the whole
+folder is built under a temporary name and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedsynth.common.config import Config
+from fedsynth.common.data import brats
+from fedsynth.common.data.brats import BRATS2021, MODALITIES, SEG
+from fedsynth.common.io.atomic import atomic_directory, atomic_write_json, atomic_write_text
+from fedsynth.synthesis.case import LabelCase
+
+log = logging.getLogger(__name__)
+
+INTENSITY_SCALE = 500.0  # stored = (x + 1) * 500: generator range [-1, 1] -> [0, 1000]
+SCANNER_SITE = "synthetic"  # manifest.csv scanner_site of every synthetic case
+
+
+def synthetic_id(index: int) -> str:
+    return f"synth_{index:04d}"
+
+
+@dataclass
+class SliceStack:
+    """Axial slices of one label case at generator resolution, and how to put them back.
+
+    tissue, labels: uint8 (Z, S, S). z: int64 (Z,) axial indices in the case volume.
+    bbox: brain bounding box (x0, x1, y0, y1, z0, z1), half-open. side: padded square side.
+    """
+
+    tissue: np.ndarray
+    labels: np.ndarray
+    z: np.ndarray
+    bbox: tuple[int, int, int, int, int, int]
+    side: int
+
+
+def slice_case(case: LabelCase, size: int) -> SliceStack:
+    """Every axial slice of ``case`` that shows brain, as the generator saw training slices."""
+    from fedsynth.common.data.preprocess import bounding_box, pad_to_square, resize_nearest
+
+    bbox = bounding_box(case.brain)
+    x0, x1, y0, y1, z0, z1 = bbox
+    keep = np.flatnonzero(case.brain[x0:x1, y0:y1, z0:z1].any(axis=(0, 1))) + z0
+
+    def axial(v: np.ndarray) -> np.ndarray:
+        return np.moveaxis(v[x0:x1, y0:y1][:, :, keep], 2, 0).astype(np.uint8)
+
+    tissue = resize_nearest(pad_to_square(axial(case.tissue), 0), size)
+    labels = resize_nearest(pad_to_square(axial(case.labels), 0), size)
+    labels[tissue == 0] = 0  # a tumour pixel outside the resized brain has no tissue under it
+    return SliceStack(tissue, labels, keep.astype(np.int64), bbox, max(x1 - x0, y1 - y0))
+
+
+def unslice(fake: np.ndarray, stack: SliceStack, case: LabelCase) -> np.ndarray:
+    """Generated slices float32 (Z, 4, S, S) in [-1, 1] -> volumes float32 (4, X, Y, Z).
+
+    Inverse of ``slice_case``: resize to the padded square, remove the padding, put each
+    slice back at its z. Voxels outside the brain are -1.
+    """
+    from fedsynth.common.data.preprocess import resize_images
+
+    x0, x1, y0, y1, _, _ = stack.bbox
+    h, w = x1 - x0, y1 - y0
+    full = resize_images(fake, stack.side)  # (Z, 4, L, L)
+    ph, pw = (stack.side - h) // 2, (stack.side - w) // 2
+    full = full[:, :, ph : ph + h, pw : pw + w]
+    out = np.full((len(MODALITIES), *case.shape), -1.0, np.float32)
+    out[:, x0:x1, y0:y1, stack.z] = np.moveaxis(full, 0, -1)
+    return np.where(case.brain[None], np.clip(out, -1.0, 1.0), -1.0)
+
+
+def generate_slices(module: Any, stack: SliceStack, batch_size: int, device: Any) -> np.ndarray:
+    """Run the generator on a stack: float32 (Z, 4, S, S) in [-1, 1]."""
+    import torch
+
+    from fedsynth.common.data.datasets import condition_channels
+
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(stack.z), batch_size):
+            cond = condition_channels(
+                torch.from_numpy(stack.tissue[i : i + batch_size]).to(device),
+                torch.from_numpy(stack.labels[i : i + batch_size]).to(device),
+            )
+            out.append(module(cond).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(MODALITIES), 1, 1), np.float32)
+
+
+def to_stored_intensity(volumes: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """float32 (4, X, Y, Z) in [-1, 1] -> int16-ready float32: [0, 1000] mapped linearly, at
+    least 1 inside the brain (so the brain is the nonzero voxels, as in BraTS), 0 outside."""
+    scaled = np.rint((volumes + 1.0) * INTENSITY_SCALE)
+    return np.where(brain[None], np.maximum(scaled, 1.0), 0.0).astype(np.float32)
+
+
+def write_case(folder: Path, case_id: str, case: LabelCase, stored: np.ndarray) -> None:
+    """One synthetic case in BraTS 2021 naming (enhancing stored as 4) + its tissue map."""
+    from fedsynth.common.io.nifti import save_volume
+
+    for k, modality in enumerate(MODALITIES):
+        save_volume(
+            folder / BRATS2021.filename(case_id, modality), stored[k], case.affine, np.int16
+        )
+    seg = brats.labels_for_naming(case.labels, BRATS2021)
+    save_volume(folder / BRATS2021.filename(case_id, SEG), seg, case.affine, np.uint8)
+    save_volume(folder / f"{case_id}_tissue.nii.gz", case.tissue, case.affine, np.uint8)
+
+
+@dataclass
+class SampleSlice:
+    """One slice for the contact sheet: condition (tissue, labels) and images, all (S, S)."""
+
+    case_id: str
+    tissue: np.ndarray
+    labels: np.ndarray
+    images: np.ndarray  # float32 (4, S, S) in [-1, 1]
+
+
+def _sample_slice(case_id: str, stack: SliceStack, fake: np.ndarray) -> SampleSlice:
+    area = (stack.labels > 0).sum(axis=(1, 2))
+    k = int(area.argmax()) if area.max() > 0 else int((stack.tissue > 0).sum(axis=(1, 2)).argmax())
+    images = np.where(stack.tissue[k][None] > 0, fake[k], -1.0)  # background as stored: -1
+    return SampleSlice(case_id, stack.tissue[k], stack.labels[k], images)
+
+
+@dataclass
+class SynthesisResult:
+    out: Path
+    cases: int
+    slices: int
+    seconds: float  # generation (slicing + inference + reassembly + writing) wall time
+    provenance: list[dict[str, Any]]
+
+
+def synthesize(
+    cfg: Config,
+    checkpoint: str | Path,
+    out: str | Path,
+    cases: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> SynthesisResult:
+    """Write a synthetic cohort of ``cases`` (default ``cfg.synthesis.cases``) to ``out``.
+
+    Label cases from ``build_label_bank(cfg)`` with the ``synthesis`` section's edits, images
+    from the generator in ``checkpoint``. Deterministic for ``cfg.synthesis.seed`` (on a given
+    device). Raises OutputExistsError if ``out`` exists and not ``overwrite`` (checked before
+    any work), CheckpointError for a bad checkpoint, DataError for a bad cohort label source.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from fedsynth.common.data.phantom import manifest_text
+    from fedsynth.common.errors import OutputExistsError
+    from fedsynth.common.gan.trainer import resolve_device
+    from fedsynth.synthesis.datasheet import build_datasheet, write_contact_sheet
+    from fedsynth.synthesis.generator_io import load_generator
+    from fedsynth.synthesis.label_bank import build_label_bank, synthetic_label_cases
+
+    out = Path(out)
+    n = cfg.synthesis.cases if cases is None else cases
+    if n < 1:
+        raise ValueError(f"cases must be >= 1, got {n}")
+    if out.exists() and not overwrite:
+        raise OutputExistsError(out)
+    gen = load_generator(checkpoint, fallback=cfg)
+    device = resolve_device(cfg.synthesis.device)
+    gen.module.to(device)
+    torch.manual_seed(cfg.synthesis.seed)
+    bank = build_label_bank(cfg)
+    provenance, samples, n_slices = [], [], 0
+    start = time.perf_counter()
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        bar = tqdm(
+            synthetic_label_cases(bank, n, cfg.synthesis),
+            total=n,
+            unit="case",
+            desc="synthesize",
+            disable=not progress,
+        )
+        for i, case in bar:
+            case_id = synthetic_id(i)
+            stack = slice_case(case, gen.image_size)
+            fake = generate_slices(gen.module, stack, cfg.synthesis.batch_size, device)
+            volumes = to_stored_intensity(unslice(fake, stack, case), case.brain)
+            write_case(tmp / case_id, case_id, case, volumes)
+            n_slices += len(stack.z)
+            provenance.append({"case": case_id, **case.provenance()})
+            if len(samples) < 6:
+                samples.append(_sample_slice(case_id, stack, fake))
+            bar.set_postfix(slices=n_slices)
+        seconds = time.perf_counter() - start
+        rows = [(p["case"], SCANNER_SITE, "") for p in provenance]
+        atomic_write_text(tmp / "manifest.csv", manifest_text(rows))
+        sheet = build_datasheet(cfg, gen, bank, provenance, n_slices=n_slices, device=str(device))
+        atomic_write_json(tmp / "datasheet.json", sheet)
+        write_contact_sheet(samples, tmp / "contact_sheet.png")
+    log.info("wrote %d synthetic cases (%d slices) to %s in %.1f s", n, n_slices, out, seconds)
+    return SynthesisResult(out, n, n_slices, seconds, provenance)

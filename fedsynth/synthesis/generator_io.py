@@ -1,0 +1,146 @@
+"""Load a trained generator for synthesis from a generator checkpoint.
+
+Central training writes ``RUN/checkpoints/generator_<step>.safetensors``; the federated
+server writes the same format per round plus ``RUN/checkpoints/generator.safetensors`` (the
+latest). Both are ``fedsynth.common.io.checkpoints`` files whose metadata holds the model
+section and image size; a full trainer state checkpoint (tensors ``generator.*``) works as
+well, with the model section taken from the run's ``config.yaml``.
+
+The network is rebuilt with the model registry and every weight's name and shape is
+checked; a corrupted file or a checkpoint of another architecture raises CheckpointError
+naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedsynth.common.config import Config, ModelConfig, config_from_dict
+from fedsynth.common.errors import CheckpointError, ConfigError
+
+RUN_CONFIG = "config.yaml"
+
+
+@dataclass
+class LoadedGenerator:
+    """A generator ready for inference, and what the datasheet says about it.
+
+    module: torch nn.Module in eval mode on the CPU, (B, 7, S, S) one-hot -> (B, 4, S, S) in
+    [-1, 1]. image_size: S. run_dir: the training run directory, or None if the checkpoint
+    lies outside one. step: training step of the checkpoint; extra: its JSON metadata
+    (round, epsilon, ... as the trainer or server wrote them).
+    """
+
+    path: Path
+    sha256: str
+    module: Any
+    model: ModelConfig
+    image_size: int
+    run_dir: Path | None
+    run_config: Config | None
+    step: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def find_run_dir(checkpoint: Path) -> Path | None:
+    """The run directory holding ``checkpoint``: the nearest parent (up to two levels) with a
+    config.yaml."""
+    for parent in list(checkpoint.resolve().parents)[:2]:
+        if (parent / RUN_CONFIG).is_file():
+            return parent
+    return None
+
+
+def _run_config(run_dir: Path | None) -> Config | None:
+    if run_dir is None:
+        return None
+    from omegaconf import OmegaConf
+
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(run_dir / RUN_CONFIG))
+        return config_from_dict(data)  # type: ignore[arg-type]
+    except ConfigError as e:
+        raise CheckpointError(run_dir / RUN_CONFIG, f"run config is invalid: {e}") from e
+    except Exception as e:  # YAML errors come in several types
+        raise CheckpointError(run_dir / RUN_CONFIG, f"unreadable run config: {e}") from e
+
+
+def _model_from(
+    path: Path, extra: dict[str, Any], run_cfg: Config | None, fallback: Config | None
+) -> tuple[ModelConfig, int]:
+    """Model section and image size: checkpoint metadata first, then the run's config, then
+    the caller's config."""
+    cfg = run_cfg or fallback
+    if "model" in extra:
+        try:
+            model = ModelConfig(**extra["model"])
+        except TypeError as e:
+            raise CheckpointError(path, f"model metadata does not fit this fedsynth: {e}") from e
+    elif cfg is not None:
+        model = cfg.model
+    else:
+        raise CheckpointError(
+            path,
+            "no model settings in the checkpoint and no run config.yaml beside it; pass CONFIG",
+        )
+    if "image_size" in extra:
+        size = int(extra["image_size"])
+    elif cfg is not None:
+        size = cfg.preprocess.image_size
+    else:
+        raise CheckpointError(
+            path, "image size unknown: no metadata and no run config; pass CONFIG"
+        )
+    return model, size
+
+
+def load_generator(path: str | Path, fallback: Config | None = None) -> LoadedGenerator:
+    """Rebuild and load the generator of ``path`` (see the module docstring).
+
+    ``fallback`` supplies the model section and image size if neither the checkpoint nor its
+    run directory does. Raises CheckpointError naming the file for a missing, corrupted or
+    foreign file, or weights that do not fit the architecture they claim.
+    """
+    from fedsynth.common.io.checkpoints import load_checkpoint, load_module_state, unprefixed
+    from fedsynth.common.models.registry import architecture_hash, build_generator
+
+    path = Path(path)
+    ckpt = load_checkpoint(path)  # CheckpointError for missing, corrupted or foreign files
+    run_dir = find_run_dir(path)
+    run_cfg = _run_config(run_dir)
+    model, size = _model_from(path, ckpt.extra, run_cfg, fallback)
+    if ckpt.config_hash != architecture_hash(model):
+        raise CheckpointError(
+            path, "its model settings differ from the ones it was saved with (config hash)"
+        )
+    tensors = ckpt.tensors
+    if any(k.startswith("generator.") for k in tensors):  # a full trainer state checkpoint
+        tensors = unprefixed("generator", tensors)
+    try:
+        module = build_generator(model)
+    except ConfigError as e:
+        raise CheckpointError(path, f"cannot rebuild its generator: {e}") from e
+    load_module_state(module, tensors, path)  # CheckpointError naming keys or shapes that differ
+    module.eval()
+    return LoadedGenerator(
+        path=path,
+        sha256=file_sha256(path),
+        module=module,
+        model=model,
+        image_size=size,
+        run_dir=run_dir,
+        run_config=run_cfg,
+        step=ckpt.step,
+        extra=dict(ckpt.extra),
+    )

@@ -1,0 +1,299 @@
+"""Federation: strategy checks and aggregation (unit), checkpoints, and real Flower simulations.
+
+The simulations (Flower's Ray engine, ~15 s each) are few: one 3-site run that covers the
+generator changing, discriminators staying home, epsilon accumulating, a corrupted site and
+a raising site; and one resume run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Error, Message, Metadata, MetricRecord, RecordDict
+
+from fedsynth.common.config import load_config
+from fedsynth.common.errors import CheckpointError, ConfigError
+from fedsynth.server import checkpointing
+from fedsynth.server.app import initial_generator
+from fedsynth.server.strategy import (
+    DECLINED,
+    FAILED,
+    OK,
+    REFUSED,
+    REQUIRED_METRICS,
+    TIMED_OUT,
+    array_spec,
+    build_strategy,
+    check_update,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "configs" / "smoke.yaml"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _weights(value: float) -> dict[str, np.ndarray]:
+    return {
+        "conv.weight": np.full((2, 3), value, dtype=np.float32),
+        "conv.bias": np.full((2,), value, dtype=np.float32),
+    }
+
+
+def _arrays(weights: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(v) for k, v in weights.items()})
+
+
+def _metrics(site: int, patients: int, declined: int = 0, epsilon: float = 1.0) -> MetricRecord:
+    values: dict[str, float | int] = dict.fromkeys(REQUIRED_METRICS, 0.0)
+    values.update(
+        {"num-examples": patients, "site-index": site, "declined": declined, "epsilon": epsilon}
+    )
+    values["loss-d"] = 0.5 + site
+    return MetricRecord(values)
+
+
+def _reply(node: int, content: RecordDict | Error) -> Message:
+    meta = Metadata(
+        run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0,
+        reply_to_message_id="", group_id="1", created_at=0.0, ttl=60.0, message_type="train",
+    )  # fmt: skip
+    return Message(content, metadata=meta)
+
+
+def _site_reply(node: int, weights: dict[str, np.ndarray], patients: int, **kw) -> Message:
+    record = RecordDict({"arrays": _arrays(weights), "metrics": _metrics(node, patients, **kw)})
+    return _reply(node, record)
+
+
+def _strategy(aggregation: str = "fedavg", sites: int = 3, min_sites: int = 1, **over):
+    overrides = [f"federation.aggregation={aggregation}", f"federation.min_sites={min_sites}"]
+    overrides += [f"{k}={v}" for k, v in over.items()]
+    cfg = load_config(SMOKE, overrides)
+    strategy = build_strategy(cfg, expected_sites=sites)
+    strategy._reference = array_spec(_arrays(_weights(0.0)))  # as configure_train would set
+    strategy._sent_to = []
+    return strategy
+
+
+# --------------------------------------------------------------------------- update checks
+
+
+def test_check_update_accepts_a_matching_update():
+    assert check_update(_arrays(_weights(1.0)), array_spec(_arrays(_weights(0.0)))) == []
+
+
+def test_check_update_refuses_nan_inf_extra_keys_and_shapes():
+    ref = array_spec(_arrays(_weights(0.0)))
+    nan = _weights(1.0)
+    nan["conv.bias"][0] = np.nan
+    assert "non-finite" in check_update(_arrays(nan), ref)[0]
+    inf = _weights(1.0)
+    inf["conv.weight"][1, 2] = np.inf
+    assert "non-finite" in check_update(_arrays(inf), ref)[0]
+    extra = {**_weights(1.0), "discriminator.conv.weight": np.ones(2, np.float32)}
+    assert "discriminator.conv.weight" in check_update(_arrays(extra), ref)[0]
+    shape = {**_weights(1.0), "conv.bias": np.ones(3, np.float32)}
+    assert "shape" in check_update(_arrays(shape), ref)[0]
+    dtype = {**_weights(1.0), "conv.bias": np.ones(2, np.float64)}
+    assert "float64" in check_update(_arrays(dtype), ref)[0]
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def test_fedavg_is_weighted_by_patients():
+    strategy = _strategy("fedavg")
+    replies = [_site_reply(0, _weights(1.0), 10), _site_reply(1, _weights(4.0), 30)]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays["conv.weight"].numpy(), (1.0 * 10 + 4.0 * 30) / 40)
+    assert arrays["conv.bias"].numpy().dtype == np.float32
+    assert metrics["sites-ok"] == 2
+    assert metrics["loss-d"] == pytest.approx((0.5 * 10 + 1.5 * 30) / 40)
+
+
+def test_fedmedian_ignores_an_outlier():
+    strategy = _strategy("fedmedian")
+    replies = [_site_reply(i, _weights(v), 10 + i) for i, v in enumerate([1.0, 2.0, 1000.0])]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays["conv.bias"].numpy(), 2.0)
+
+
+def test_trimmed_mean_cuts_both_tails():
+    strategy = _strategy("trimmed-mean", sites=5, **{"federation.trim_fraction": 0.2})
+    values = [-1000.0, 1.0, 2.0, 3.0, 1000.0]
+    arrays, _ = strategy.aggregate_train(1, [_site_reply(i, _weights(v), 5) for i, v in enumerate(values)])
+    np.testing.assert_allclose(arrays["conv.weight"].numpy(), 2.0)
+
+
+def test_bad_declined_failed_and_missing_sites_are_left_out():
+    strategy = _strategy("fedavg", sites=5, min_sites=1)
+    nan = _weights(9.0)
+    nan["conv.weight"][0, 0] = np.nan
+    strategy._sent_to = [0, 1, 2, 3, 4]
+    replies = [
+        _site_reply(0, _weights(2.0), 10),
+        _site_reply(1, nan, 10),
+        _reply(2, RecordDict({"arrays": ArrayRecord(), "metrics": _metrics(2, 10, declined=1)})),
+        _reply(3, Error(code=0, reason="<'Message: [site site-3] DataError: case7_seg.nii.gz unreadable'>")),
+    ]  # node 4 never answers
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays["conv.weight"].numpy(), 2.0)
+    status = {s.site: s.status for s in strategy.last_round.sites}
+    assert status == {"site-0": OK, "site-1": REFUSED, "site-2": DECLINED, "site-3": FAILED, "node-4": TIMED_OUT}
+    assert metrics["sites-refused"] == metrics["sites-declined"] == metrics["sites-failed"] == 1
+    failed = next(s for s in strategy.last_round.sites if s.status == FAILED)
+    assert "case7_seg" in failed.reason
+
+
+def test_too_few_accepted_sites_keep_the_generator():
+    strategy = _strategy("fedavg", sites=3, min_sites=2)
+    arrays, metrics = strategy.aggregate_train(1, [_site_reply(0, _weights(2.0), 10)])
+    assert arrays is None and metrics["aggregated"] == 0
+    assert not strategy.last_round.aggregated
+
+
+def test_extra_record_in_a_reply_is_refused():
+    strategy = _strategy("fedavg")
+    content = RecordDict(
+        {"arrays": _arrays(_weights(1.0)), "disc": _arrays(_weights(1.0)), "metrics": _metrics(0, 5)}
+    )
+    strategy.aggregate_train(1, [_reply(0, content)])
+    assert strategy.last_round.sites[0].status == REFUSED
+
+
+def test_min_sites_above_the_federation_is_a_config_error():
+    cfg = load_config(SMOKE, ["federation.min_sites=4"])
+    with pytest.raises(ConfigError, match="federation.min_sites"):
+        build_strategy(cfg, expected_sites=3)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_commit_and_truncate(tmp_path):
+    cfg = load_config(SMOKE)
+    weights = {k: np.full_like(v, 1.0) for k, v in initial_generator(cfg).items()}
+    path = checkpointing.save_checkpoint(tmp_path, cfg, 1, weights, {})
+    checkpointing.commit_round(tmp_path, checkpointing.ServerState(round=1, rounds=3, checkpoint=path.name))
+    checkpointing.save_checkpoint(tmp_path, cfg, 2, initial_generator(cfg), {})  # killed before commit
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"round": 1}\n{"round": 2}\n{"round": 2, "cut')
+    state_back, loaded = checkpointing.load_resume_point(tmp_path)
+    assert state_back.round == 1
+    assert all((loaded[k] == 1.0).all() for k in weights)
+    assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["generator"] == path.name
+    assert checkpointing.truncate_metrics(metrics, 1) == 2
+    assert metrics.read_text() == '{"round": 1}\n'
+    # The central loader reads it: same format as central generator checkpoints.
+    from fedsynth.common.io.checkpoints import load_checkpoint
+    from fedsynth.common.models.registry import architecture_hash
+
+    ckpt = load_checkpoint(path, architecture=cfg.model.generator, config_hash=architecture_hash(cfg.model))
+    assert ckpt.step == cfg.federation.local_steps and ckpt.extra["round"] == 1
+
+
+def test_corrupt_state_file_is_a_checkpoint_error(tmp_path):
+    (tmp_path / checkpointing.STATE_FILE).write_text("{not json")
+    with pytest.raises(CheckpointError, match="server_state.json"):
+        checkpointing.load_state(tmp_path)
+    assert checkpointing.load_resume_point(tmp_path / "fresh") is None
+
+
+# --------------------------------------------------------------------------- simulations
+
+
+def _latest_generator(run_dir: Path) -> dict[str, np.ndarray]:
+    latest = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
+    return checkpointing.load_generator(run_dir / "checkpoints" / latest["generator"])
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _sim_config(tmp_path: Path, *extra: str):
+    # by-site smoke split: the smallest site has 2 patients, so 1 expected patient per step
+    over = [f"data.cache_dir={tmp_path / 'cache'}", "federation.min_sites=2", "train.batch_size=1"]
+    return load_config(SMOKE, [*over, *extra])
+
+
+def _corrupt_one_case(cfg, site: str) -> str:
+    """Overwrite one label file of ``site`` with garbage; return its subject id."""
+    from fedsynth.common.data.cohort import load_split, resolve_cohort
+
+    cohort = resolve_cohort(cfg)
+    subject = sorted(load_split(cohort).sites[site])[0]
+    seg = next((cohort / subject).glob("*seg.nii*"))
+    seg.write_bytes(b"not a nifti file")
+    return subject
+
+
+def test_simulation_three_sites_one_broken(tmp_path):
+    """3 sites x 2 rounds: site-2 has a corrupted case and fails; the others carry on."""
+    from fedsynth.cli.simulate import simulate
+
+    cfg = _sim_config(tmp_path)
+    broken = _corrupt_one_case(cfg, "site-2")
+    run_dir = tmp_path / "run"
+    assert simulate(cfg, run_dir) == 2
+
+    rows = _read_jsonl(run_dir / "metrics.jsonl")
+    sites = [r for r in rows if r["kind"] == "site"]
+    by = {(r["round"], r["site"]): r for r in sites}
+    assert {r["status"] for r in sites if r["site"] == "site-2"} == {FAILED}
+    assert broken in by[(1, "site-2")]["reason"]
+    for site in ("site-0", "site-1"):  # epsilon accumulates across rounds, within budget
+        e1, e2 = by[(1, site)]["epsilon"], by[(2, site)]["epsilon"]
+        assert 0 < e1 < e2 <= cfg.privacy.target_epsilon * 1.0001
+        assert by[(2, site)]["steps_total"] == 2 * cfg.federation.local_steps
+    rounds = [r for r in rows if r["kind"] == "round"]
+    assert [r["sites_ok"] for r in rounds] == [2, 2] and all(r["aggregated"] == 1 for r in rounds)
+
+    start = initial_generator(cfg)
+    final = _latest_generator(run_dir)
+    assert set(final) == set(start)
+    assert any(not np.allclose(final[k], start[k]) for k in start)
+
+    # What crossed the network: exactly the generator's arrays and one MetricRecord.
+    for reply in _read_jsonl(run_dir / "replies.jsonl"):
+        assert reply["records"] == {"arrays": "ArrayRecord", "metrics": "MetricRecord"}
+        assert set(reply["arrays"]["arrays"]) == set(start)
+        assert not any("discriminator" in k or k.startswith("opt") for k in reply["arrays"]["arrays"])
+    # The discriminator and the accountant stayed in the sites' state dirs.
+    assert (run_dir / "sites" / "site-0" / "state" / "trainer.safetensors").is_file()
+
+    privacy = json.loads((run_dir / "privacy.json").read_text())
+    assert set(privacy["sites"]) == {"site-0", "site-1"}
+    assert privacy["worst_epsilon"] == pytest.approx(max(by[(2, s)]["epsilon"] for s in ("site-0", "site-1")))
+    assert (run_dir / "samples" / f"step_{2 * cfg.federation.local_steps:07d}.png").is_file()
+
+
+def test_resume_continues_and_sites_refuse_beyond_their_budget(tmp_path):
+    """Run 1 round (noise calibrated to spend the budget in it), then resume to 2 rounds:
+    the server continues at round 2 and every site declines (budget spent); no crash."""
+    import argparse
+
+    from fedsynth.cli.simulate import resolve_run, simulate
+
+    cfg = _sim_config(tmp_path, "federation.rounds=1")
+    run_dir = tmp_path / "run"
+    assert simulate(cfg, run_dir) == 1
+    first = _latest_generator(run_dir)
+
+    args = argparse.Namespace(config=None, overrides=["federation.rounds=2"], resume=run_dir, out=None, overwrite=False)
+    cfg2, same_dir = resolve_run(args)
+    assert same_dir == run_dir.resolve() and cfg2.federation.rounds == 2
+    assert simulate(cfg2, run_dir) == 2
+
+    rows = _read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["round"] for r in rows if r["kind"] == "round"] == [1, 2]
+    round2 = [r for r in rows if r["kind"] == "site" and r["round"] == 2]
+    assert len(round2) == 3 and {r["status"] for r in round2} == {DECLINED}
+    assert all(r["steps_total"] == cfg.federation.local_steps for r in round2)
+    final = _latest_generator(run_dir)
+    assert all(np.array_equal(final[k], first[k]) for k in first)  # nothing to aggregate

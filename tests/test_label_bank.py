@@ -1,0 +1,117 @@
+"""Label bank: atlas cases (no patient data) and cohort cases, with provenance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from synthetic_brain import write_case
+
+from fedsynth.common.config import SynthesisConfig, load_config
+from fedsynth.common.errors import DataError
+from fedsynth.synthesis.label_bank import (
+    atlas_bank,
+    build_label_bank,
+    cohort_bank,
+    source_order,
+    synthetic_label_cases,
+)
+
+VOXEL = 6.0  # mm: the coarsest atlas grid the template allows quickly; ~30^3 voxels
+
+
+@pytest.fixture(scope="module")
+def atlas():
+    return atlas_bank(4, VOXEL, seed=3, healthy_fraction=0.25)
+
+
+def test_atlas_bank_is_valid_and_touches_no_patient(atlas):
+    assert len(atlas) == 4 and sum(atlas.tumour) == 3
+    for i in range(len(atlas)):
+        case = atlas.load(i)
+        assert case.problems() == []
+        assert case.has_tumour == atlas.tumour[i]
+        assert case.source == "atlas" and case.source_subject == "atlas"
+        np.testing.assert_allclose(case.voxel_size, VOXEL)
+        # Every tissue class is present: real anatomy, not a blob.
+        assert set(np.unique(case.tissue[case.brain]).tolist()) == {1, 2, 3}
+    assert atlas.description["source"] == "atlas"
+
+
+def test_atlas_cases_are_deterministic_and_differ_between_cases(atlas):
+    again = atlas_bank(4, VOXEL, seed=3, healthy_fraction=0.25)
+    a, b = atlas.load(0), again.load(0)
+    assert np.array_equal(a.tissue, b.tissue) and np.array_equal(a.labels, b.labels)
+    assert not np.array_equal(atlas.load(0).tissue, atlas.load(2).tissue)  # deformed per case
+
+
+def test_synthetic_cases_carry_provenance_and_stay_valid(atlas):
+    cfg = SynthesisConfig(
+        p_transplant=0.5, p_scale=1.0, p_rotate=0.5, p_translate=1.0, p_remove=0.0, seed=1
+    )
+    cases = list(synthetic_label_cases(atlas, 6, cfg))
+    assert [i for i, _ in cases] == list(range(6))
+    for _, case in cases:
+        assert case.problems() == []
+        prov = case.provenance()
+        assert prov["source"] == "atlas" and prov["source_subject"] == "atlas"
+        assert prov["bank_case"] in atlas.ids
+        assert any(e["edit"] == "scale" for e in prov["edits"])  # p_scale = 1
+    # Same seed: same cases, whatever was drawn before.
+    again = dict(synthetic_label_cases(atlas, 6, cfg))
+    for i, case in cases:
+        assert np.array_equal(case.labels, again[i].labels) and case.edits == again[i].edits
+
+
+def test_source_order_cycles_through_every_tumour_case(atlas):
+    order = source_order(atlas, 9, seed=0)
+    tumour_idx = set(np.flatnonzero(atlas.tumour).tolist())
+    assert set(order[:3].tolist()) == tumour_idx  # one full pass before any repeat
+    assert set(order.tolist()) <= tumour_idx
+
+
+def test_cohort_bank_reads_labels_and_tissue(tmp_path):
+    write_case(tmp_path, "p1", tumour=True, with_tissue=True)
+    write_case(tmp_path, "p2", tumour=False, seed=1)  # no tissue file: computed
+    bank = cohort_bank(tmp_path)
+    assert bank.ids == ["p1", "p2"] and bank.tumour == [True, False]
+    p1, p2 = bank.load(0), bank.load(1)
+    for case in (p1, p2):
+        assert case.problems() == []
+        assert case.source == "cohort" and case.anatomy_subject == case.case_id
+    assert set(np.unique(p1.labels).tolist()) == {0, 1, 2, 3}  # stored 4 read back as 3
+    assert set(np.unique(p2.tissue[p2.brain]).tolist()) == {1, 2, 3}
+    assert bank.description["subjects"] == ["p1", "p2"]
+
+
+def test_cohort_transplant_onto_healthy_subject_records_both(tmp_path):
+    write_case(tmp_path, "p1", tumour=True, with_tissue=True)
+    write_case(tmp_path, "p2", tumour=False, with_tissue=True, seed=1)
+    bank = cohort_bank(tmp_path)
+    cfg = SynthesisConfig(
+        p_transplant=1.0, p_healthy_recipient=1.0, p_scale=0, p_rotate=0, p_translate=0, p_remove=0
+    )
+    ((_, case),) = synthetic_label_cases(bank, 1, cfg)
+    assert case.source_subject == "p1" and case.anatomy_subject == "p2"
+    assert case.edits[0]["edit"] == "transplant" and case.edits[0]["recipient_subject"] == "p2"
+    assert case.problems() == [] and case.has_tumour
+
+
+def test_cohort_bank_subset_and_errors(tmp_path):
+    write_case(tmp_path, "p1", tumour=True, with_tissue=True)
+    write_case(tmp_path, "p2", tumour=False, with_tissue=True)
+    assert cohort_bank(tmp_path, subjects=["p1"]).ids == ["p1"]
+    with pytest.raises(DataError, match="not in the cohort"):
+        cohort_bank(tmp_path, subjects=["nobody"])
+    with pytest.raises(DataError, match="no subject has a tumour"):
+        cohort_bank(tmp_path, subjects=["p2"])
+    with pytest.raises(DataError, match="does not exist"):
+        cohort_bank(tmp_path / "missing")
+
+
+def test_build_label_bank_follows_the_config(tmp_path):
+    write_case(tmp_path, "p1", tumour=True, with_tissue=True)
+    cfg = load_config(None, ["synthesis.label_source=cohort", f"synthesis.cohort_dir={tmp_path}"])
+    assert build_label_bank(cfg).source == "cohort"
+    cfg = load_config(None, ["synthesis.atlas_anatomies=2", f"synthesis.atlas_voxel_size={VOXEL}"])
+    bank = build_label_bank(cfg)
+    assert bank.source == "atlas" and len(bank) == 2

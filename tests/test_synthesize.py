@@ -1,0 +1,216 @@
+"""`fedsynth synthesize`: a tiny generator -> a readable BraTS cohort with a datasheet."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from fedsynth.cli import main
+from fedsynth.common.config import config_to_yaml, load_config
+from fedsynth.common.errors import CheckpointError, OutputExistsError
+from fedsynth.common.io.checkpoints import save_checkpoint
+from fedsynth.common.models.registry import architecture_hash, build_generator
+from fedsynth.common.privacy.report import SitePrivacy, write_privacy_json
+from fedsynth.synthesis.generate import synthesize
+
+OVERRIDES = [
+    "synthesis.atlas_voxel_size=6",
+    "synthesis.atlas_anatomies=3",
+    "synthesis.cases=2",
+    "synthesis.p_scale=1.0",
+    "synthesis.p_remove=0.0",
+    "synthesis.device=cpu",
+]
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(CONFIG, OVERRIDES)
+
+
+def _save_central(cfg, path: Path, model=None) -> Path:
+    """A generator checkpoint as central training writes it (checkpoints module format)."""
+    model = model or cfg.model
+    gen = build_generator(model)
+    return save_checkpoint(
+        path,
+        gen.state_dict(),
+        architecture=model.generator,
+        config_hash=architecture_hash(model),
+        step=7,
+        extra={"model": asdict(model), "image_size": cfg.preprocess.image_size},
+    )
+
+
+def _federated_run(cfg, run_dir: Path, dp: bool) -> Path:
+    """A federated run directory as the server leaves it: config.yaml, server_state.json,
+    privacy.json and checkpoints/generator.safetensors."""
+    from fedsynth.server import checkpointing
+
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    weights = {k: v.numpy() for k, v in build_generator(cfg.model).state_dict().items()}
+    path = checkpointing.save_checkpoint(run_dir, cfg, 3, weights, {})
+    state = checkpointing.ServerState(round=3, rounds=3, checkpoint=path.name)
+    checkpointing.commit_round(run_dir, state)
+    eps = {"site-0": 2.5, "site-1": 4.0} if dp else {"site-0": float("inf"), "site-1": float("inf")}
+    sites = {s: SitePrivacy(epsilon=e, sample_rate=0.2, steps=30) for s, e in eps.items()}
+    write_privacy_json(
+        run_dir / "privacy.json", accountant="rdp", delta=1e-4, dp_enabled=dp, sites=sites
+    )
+    return run_dir / "checkpoints" / checkpointing.LATEST_GENERATOR
+
+
+def test_cohort_is_valid_readable_and_documented(cfg, tmp_path):
+    from fedsynth.common.data.validate import validate_cohort
+
+    ckpt = _save_central(cfg, tmp_path / "gen.safetensors")
+    result = synthesize(cfg, ckpt, tmp_path / "out", progress=False)
+    out = tmp_path / "out"
+    assert result.cases == 2 and result.slices > 0
+    report = validate_cohort(out)
+    assert [c.problems for c in report.cases] == [[], []]
+    seg = nib.load(out / "synth_0000" / "synth_0000_seg.nii.gz").get_fdata()
+    assert set(np.unique(seg).tolist()) <= {0, 1, 2, 4} and seg.max() > 0
+    t1 = nib.load(out / "synth_0000" / "synth_0000_t1.nii.gz").get_fdata()
+    tissue = nib.load(out / "synth_0000" / "synth_0000_tissue.nii.gz").get_fdata()
+    assert t1.shape == seg.shape == tissue.shape
+    assert np.all((t1 > 0) == (tissue > 0))  # brain = nonzero voxels, as in skull-stripped BraTS
+    assert (out / "manifest.csv").read_text().splitlines()[0] == "subject,scanner_site,split"
+    assert (out / "contact_sheet.png").stat().st_size > 1000
+
+    sheet = json.loads((out / "datasheet.json").read_text())
+    assert sheet["generator"]["checkpoint_sha256"] == _sha256(ckpt)
+    assert sheet["seed"] == cfg.synthesis.seed and sheet["cases"] == 2
+    assert sheet["label_source"]["source"] == "atlas"
+    assert "unknown" in sheet["privacy"]["statement"]  # no run directory beside this checkpoint
+    for prov in sheet["case_provenance"]:
+        assert prov["source"] == "atlas" and any(e["edit"] == "scale" for e in prov["edits"])
+
+
+def test_monai_reads_the_cohort(cfg, tmp_path):
+    from monai.transforms import LoadImage
+
+    synthesize(
+        cfg, _save_central(cfg, tmp_path / "g.safetensors"), tmp_path / "o", 1, progress=False
+    )
+    img = LoadImage(image_only=True)(str(tmp_path / "o" / "synth_0000" / "synth_0000_flair.nii.gz"))
+    assert img.ndim == 3 and float(img.max()) > 0
+
+
+def test_same_seed_same_cohort(cfg, tmp_path):
+    ckpt = _save_central(cfg, tmp_path / "gen.safetensors")
+    for name in ("a", "b"):
+        synthesize(cfg, ckpt, tmp_path / name, cases=1, progress=False)
+    for suffix in ("t1ce", "seg", "tissue"):
+        f = f"synth_0000/synth_0000_{suffix}.nii.gz"
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+
+
+def test_federated_run_with_dp_fills_the_privacy_section(cfg, tmp_path):
+    ckpt = _federated_run(cfg, tmp_path / "run", dp=True)
+    synthesize(cfg, ckpt, tmp_path / "out", cases=1, progress=False)
+    sheet = json.loads((tmp_path / "out" / "datasheet.json").read_text())
+    priv, gen = sheet["privacy"], sheet["generator"]
+    assert priv["dp_enabled"] is True and priv["worst_epsilon"] == 4.0
+    assert priv["sites"] == {
+        "site-0": {"epsilon": 2.5, "delta": 1e-4},
+        "site-1": {"epsilon": 4.0, "delta": 1e-4},
+    }
+    assert gen["mode"] == "federated" and gen["rounds"] == 3
+    assert gen["sites"] == ["site-0", "site-1"] and gen["run_dir"] == str(
+        (tmp_path / "run").resolve()
+    )
+
+
+def test_run_without_dp_says_so_in_words(cfg, tmp_path):
+    ckpt = _federated_run(cfg, tmp_path / "run", dp=False)
+    synthesize(cfg, ckpt, tmp_path / "out", cases=1, progress=False)
+    priv = json.loads((tmp_path / "out" / "datasheet.json").read_text())["privacy"]
+    assert priv["dp_enabled"] is False and priv["worst_epsilon"] is None
+    assert "no differential privacy" in priv["statement"]
+
+
+def test_existing_output_needs_overwrite(cfg, tmp_path):
+    ckpt = _save_central(cfg, tmp_path / "gen.safetensors")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError):
+        synthesize(cfg, ckpt, out, cases=1, progress=False)
+    assert (out / "keep.txt").read_text() == "mine"
+    synthesize(cfg, ckpt, out, cases=1, overwrite=True, progress=False)
+    assert not (out / "keep.txt").exists() and (out / "datasheet.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temp left
+
+
+def test_corrupted_checkpoint_is_a_checkpoint_error(cfg, tmp_path):
+    ckpt = _save_central(cfg, tmp_path / "gen.safetensors")
+    data = bytearray(ckpt.read_bytes())
+    ckpt.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(CheckpointError, match="gen.safetensors"):
+        synthesize(cfg, ckpt, tmp_path / "out", cases=1, progress=False)
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="junk.safetensors"):
+        synthesize(cfg, tmp_path / "junk.safetensors", tmp_path / "out", cases=1, progress=False)
+
+
+def test_wrong_architecture_is_a_checkpoint_error(cfg, tmp_path):
+    from fedsynth.common.models.registry import build_discriminator
+
+    # Weights of a wider generator under the smoke generator's settings.
+    wide = load_config(CONFIG, ["model.generator_channels=[8,16,32,128]"]).model
+    save_checkpoint(
+        tmp_path / "wide.safetensors",
+        build_generator(wide).state_dict(),
+        architecture=cfg.model.generator,
+        config_hash=architecture_hash(cfg.model),
+        step=1,
+        extra={"model": asdict(cfg.model), "image_size": 32},
+    )
+    with pytest.raises(CheckpointError, match="wide.safetensors.*shape"):
+        synthesize(cfg, tmp_path / "wide.safetensors", tmp_path / "out", cases=1, progress=False)
+    # A discriminator is not a generator.
+    save_checkpoint(
+        tmp_path / "disc.safetensors",
+        build_discriminator(cfg.model).state_dict(),
+        architecture=cfg.model.discriminator,
+        config_hash=architecture_hash(cfg.model),
+        step=1,
+        extra={"model": asdict(cfg.model), "image_size": 32},
+    )
+    with pytest.raises(CheckpointError, match="keys do not match"):
+        synthesize(cfg, tmp_path / "disc.safetensors", tmp_path / "out", cases=1, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_writes_a_cohort_and_refuses_to_overwrite(cfg, tmp_path, capsys):
+    ckpt = _save_central(cfg, tmp_path / "gen.safetensors")
+    args = ["synthesize", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), "--cases", "1"]
+    args += ["--no-progress", str(CONFIG), *OVERRIDES]
+    assert main(args) == 0
+    assert "wrote 1 synthetic cases" in capsys.readouterr().out
+    assert main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    bad = [
+        "synthesize",
+        "--checkpoint",
+        str(tmp_path / "nope.safetensors"),
+        "--out",
+        str(tmp_path / "x"),
+    ]
+    assert main(bad) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
