@@ -104,7 +104,11 @@ def in_process_seconds(cfg, site: str, steps: int, repeats: int) -> float:
     torch.set_num_threads(1)
     ident = SiteIdentity(site, int(site.split("-")[1]), Path("/nonexistent"), None)
     trainer = LocalTrainer(
-        cfg, load_site_data(cfg, ident), planned_steps=(repeats + 1) * steps, site=site, seed=site_seed(cfg, ident)
+        cfg,
+        load_site_data(cfg, ident),
+        planned_steps=(repeats + 1) * steps,
+        site=site,
+        seed=site_seed(cfg, ident),
     )
     trainer.train_steps(1)  # warm-up
     times = [trainer.train_steps(steps).seconds for _ in range(repeats)]
@@ -113,7 +117,7 @@ def in_process_seconds(cfg, site: str, steps: int, repeats: int) -> float:
 
 def bench_overhead(args: argparse.Namespace, out: Path) -> dict:
     cfg = _config(
-        args.config, out, "split.sites=2", "federation.min_sites=2",
+        args.config, out, "split.policy=iid", "split.sites=2", "federation.min_sites=2",
         f"federation.rounds={args.rounds}", f"federation.local_steps={args.local_steps}",
         "train.eval_every=1000000",
     )  # fmt: skip
@@ -121,16 +125,35 @@ def bench_overhead(args: argparse.Namespace, out: Path) -> dict:
     total = _simulate(cfg, run_dir)
     rows = _rows(run_dir)
     rounds = [r for r in rows if r["kind"] == "round"]
-    result = {"sites": 2, "rounds": args.rounds, "local_steps": args.local_steps, "total_s": total, "per_round": []}
+    result = {
+        "sites": 2,
+        "rounds": args.rounds,
+        "local_steps": args.local_steps,
+        "total_s": total,
+        "per_round": [],
+    }
     for r in rounds:
-        sites = [s for s in rows if s["kind"] == "site" and s["round"] == r["round"] and s["status"] == "ok"]
+        sites = [
+            s
+            for s in rows
+            if s["kind"] == "site" and s["round"] == r["round"] and s["status"] == "ok"
+        ]
         slowest = max(s["seconds"] for s in sites)
-        result["per_round"].append({"round": r["round"], "wall_s": r["seconds"], "slowest_site_s": slowest, "ratio": r["seconds"] / slowest})
+        result["per_round"].append(
+            {
+                "round": r["round"],
+                "wall_s": r["seconds"],
+                "slowest_site_s": slowest,
+                "ratio": r["seconds"] / slowest,
+            }
+        )
     later = result["per_round"][1:] or result["per_round"]
     result["ratio_vs_site_compute"] = float(np.median([x["ratio"] for x in later]))
     result["startup_s"] = total - sum(x["wall_s"] for x in result["per_round"])
     result["in_process_s"] = in_process_seconds(cfg, "site-0", args.local_steps, repeats=3)
-    result["ratio_vs_in_process"] = float(np.median([x["wall_s"] for x in later])) / result["in_process_s"]
+    result["ratio_vs_in_process"] = (
+        float(np.median([x["wall_s"] for x in later])) / result["in_process_s"]
+    )
     return result
 
 
@@ -138,7 +161,7 @@ def bench_memory(args: argparse.Namespace, out: Path) -> dict:
     points = []
     for k in args.sites:
         cfg = _config(
-            args.config, out, f"split.sites={k}", f"phantom.subjects={max(14, 4 * k + 4)}",
+            args.config, out, "split.policy=iid", f"split.sites={k}", f"phantom.subjects={max(14, 4 * k + 4)}",
             "federation.min_sites=1", "federation.rounds=1", "federation.local_steps=2",
             "train.batch_size=2", "train.eval_every=1000000",
         )  # fmt: skip
@@ -169,15 +192,14 @@ def _heldout_quality(cfg, weights: dict[str, np.ndarray], out: Path) -> dict[str
 
 
 def bench_quality(args: argparse.Namespace, out: Path) -> dict:
-    from fedsynth.common.data.cohort import load_split, resolve_cohort
-
     from fedsynth.common.data.cache import site_slices
+    from fedsynth.common.data.cohort import load_split, resolve_cohort
     from fedsynth.common.gan.trainer import LocalTrainer
     from fedsynth.server.checkpointing import load_generator
 
     cfg = _config(
         args.config, out, f"federation.rounds={args.rounds}", f"federation.local_steps={args.local_steps}",
-        "federation.min_sites=1", "train.eval_every=1000000",
+        "federation.min_sites=1", "train.eval_every=1000000", f"train.batch_size={args.batch_size}",
     )  # fmt: skip
     run_dir = out / "quality-fed"
     _simulate(cfg, run_dir)
@@ -185,7 +207,9 @@ def bench_quality(args: argparse.Namespace, out: Path) -> dict:
     split = load_split(resolve_cohort(cfg))
     pooled = sorted(s for subjects in split.sites.values() for s in subjects)
     steps = args.rounds * args.local_steps
-    central = LocalTrainer(cfg, site_slices(cfg, pooled, "pooled"), planned_steps=steps, site="central")
+    central = LocalTrainer(
+        cfg, site_slices(cfg, pooled, "pooled"), planned_steps=steps, site="central"
+    )
     t0 = time.perf_counter()
     central.train_steps(steps)
     central_s = time.perf_counter() - t0
@@ -200,12 +224,17 @@ def bench_quality(args: argparse.Namespace, out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", default="configs/smoke.yaml")
     p.add_argument("--out", type=Path, default=Path("runs/bench/federation"))
     p.add_argument("--sites", type=int, nargs="+", default=[2, 4, 8])
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--local-steps", type=int, default=10)
+    p.add_argument(
+        "--batch-size", type=int, default=1, help="expected patients per step (quality run)"
+    )
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--skip-quality", action="store_true")
     args = p.parse_args(argv)

@@ -7,7 +7,10 @@ a raising site; and one resume run.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +129,9 @@ def test_fedmedian_ignores_an_outlier():
 def test_trimmed_mean_cuts_both_tails():
     strategy = _strategy("trimmed-mean", sites=5, **{"federation.trim_fraction": 0.2})
     values = [-1000.0, 1.0, 2.0, 3.0, 1000.0]
-    arrays, _ = strategy.aggregate_train(1, [_site_reply(i, _weights(v), 5) for i, v in enumerate(values)])
+    arrays, _ = strategy.aggregate_train(
+        1, [_site_reply(i, _weights(v), 5) for i, v in enumerate(values)]
+    )
     np.testing.assert_allclose(arrays["conv.weight"].numpy(), 2.0)
 
 
@@ -139,12 +144,23 @@ def test_bad_declined_failed_and_missing_sites_are_left_out():
         _site_reply(0, _weights(2.0), 10),
         _site_reply(1, nan, 10),
         _reply(2, RecordDict({"arrays": ArrayRecord(), "metrics": _metrics(2, 10, declined=1)})),
-        _reply(3, Error(code=0, reason="<'Message: [site site-3] DataError: case7_seg.nii.gz unreadable'>")),
+        _reply(
+            3,
+            Error(
+                code=0, reason="<'Message: [site site-3] DataError: case7_seg.nii.gz unreadable'>"
+            ),
+        ),
     ]  # node 4 never answers
     arrays, metrics = strategy.aggregate_train(1, replies)
     np.testing.assert_allclose(arrays["conv.weight"].numpy(), 2.0)
     status = {s.site: s.status for s in strategy.last_round.sites}
-    assert status == {"site-0": OK, "site-1": REFUSED, "site-2": DECLINED, "site-3": FAILED, "node-4": TIMED_OUT}
+    assert status == {
+        "site-0": OK,
+        "site-1": REFUSED,
+        "site-2": DECLINED,
+        "site-3": FAILED,
+        "node-4": TIMED_OUT,
+    }
     assert metrics["sites-refused"] == metrics["sites-declined"] == metrics["sites-failed"] == 1
     failed = next(s for s in strategy.last_round.sites if s.status == FAILED)
     assert "case7_seg" in failed.reason
@@ -160,7 +176,11 @@ def test_too_few_accepted_sites_keep_the_generator():
 def test_extra_record_in_a_reply_is_refused():
     strategy = _strategy("fedavg")
     content = RecordDict(
-        {"arrays": _arrays(_weights(1.0)), "disc": _arrays(_weights(1.0)), "metrics": _metrics(0, 5)}
+        {
+            "arrays": _arrays(_weights(1.0)),
+            "disc": _arrays(_weights(1.0)),
+            "metrics": _metrics(0, 5),
+        }
     )
     strategy.aggregate_train(1, [_reply(0, content)])
     assert strategy.last_round.sites[0].status == REFUSED
@@ -179,21 +199,29 @@ def test_checkpoint_commit_and_truncate(tmp_path):
     cfg = load_config(SMOKE)
     weights = {k: np.full_like(v, 1.0) for k, v in initial_generator(cfg).items()}
     path = checkpointing.save_checkpoint(tmp_path, cfg, 1, weights, {})
-    checkpointing.commit_round(tmp_path, checkpointing.ServerState(round=1, rounds=3, checkpoint=path.name))
-    checkpointing.save_checkpoint(tmp_path, cfg, 2, initial_generator(cfg), {})  # killed before commit
+    checkpointing.commit_round(
+        tmp_path, checkpointing.ServerState(round=1, rounds=3, checkpoint=path.name)
+    )
+    checkpointing.save_checkpoint(
+        tmp_path, cfg, 2, initial_generator(cfg), {}
+    )  # killed before commit
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text('{"round": 1}\n{"round": 2}\n{"round": 2, "cut')
     state_back, loaded = checkpointing.load_resume_point(tmp_path)
     assert state_back.round == 1
     assert all((loaded[k] == 1.0).all() for k in weights)
-    assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["generator"] == path.name
+    assert (
+        json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["generator"] == path.name
+    )
     assert checkpointing.truncate_metrics(metrics, 1) == 2
     assert metrics.read_text() == '{"round": 1}\n'
     # The central loader reads it: same format as central generator checkpoints.
     from fedsynth.common.io.checkpoints import load_checkpoint
     from fedsynth.common.models.registry import architecture_hash
 
-    ckpt = load_checkpoint(path, architecture=cfg.model.generator, config_hash=architecture_hash(cfg.model))
+    ckpt = load_checkpoint(
+        path, architecture=cfg.model.generator, config_hash=architecture_hash(cfg.model)
+    )
     assert ckpt.step == cfg.federation.local_steps and ckpt.extra["round"] == 1
 
 
@@ -216,31 +244,47 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def _sim_config(tmp_path: Path, *extra: str):
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory) -> Path:
+    """One phantom cohort and slice caches for both simulations (generation costs seconds)."""
+    return tmp_path_factory.mktemp("fed-cache")
+
+
+def _sim_config(cache: Path, *extra: str):
     # by-site smoke split: the smallest site has 2 patients, so 1 expected patient per step
-    over = [f"data.cache_dir={tmp_path / 'cache'}", "federation.min_sites=2", "train.batch_size=1"]
+    over = [f"data.cache_dir={cache}", "federation.min_sites=2", "train.batch_size=1"]
     return load_config(SMOKE, [*over, *extra])
 
 
-def _corrupt_one_case(cfg, site: str) -> str:
-    """Overwrite one label file of ``site`` with garbage; return its subject id."""
+@contextlib.contextmanager
+def _one_corrupt_case(cfg, site: str) -> Iterator[str]:
+    """Replace one label file of ``site`` by garbage for the block; yield its subject id.
+
+    The original is moved aside and back (same bytes, same mtime), so the shared cohort and
+    its slice caches are intact afterwards.
+    """
     from fedsynth.common.data.cohort import load_split, resolve_cohort
 
     cohort = resolve_cohort(cfg)
     subject = sorted(load_split(cohort).sites[site])[0]
-    seg = next((cohort / subject).glob("*seg.nii*"))
-    seg.write_bytes(b"not a nifti file")
-    return subject
+    seg = next((cohort / subject).resolve().glob("*seg.nii*"))
+    aside = seg.with_name(".aside-" + seg.name)
+    os.replace(seg, aside)
+    try:
+        seg.write_bytes(b"not a nifti file")
+        yield subject
+    finally:
+        os.replace(aside, seg)
 
 
-def test_simulation_three_sites_one_broken(tmp_path):
+def test_simulation_three_sites_one_broken(tmp_path, shared_cache):
     """3 sites x 2 rounds: site-2 has a corrupted case and fails; the others carry on."""
     from fedsynth.cli.simulate import simulate
 
-    cfg = _sim_config(tmp_path)
-    broken = _corrupt_one_case(cfg, "site-2")
+    cfg = _sim_config(shared_cache)
     run_dir = tmp_path / "run"
-    assert simulate(cfg, run_dir) == 2
+    with _one_corrupt_case(cfg, "site-2") as broken:
+        assert simulate(cfg, run_dir) == 2
 
     rows = _read_jsonl(run_dir / "metrics.jsonl")
     sites = [r for r in rows if r["kind"] == "site"]
@@ -263,29 +307,35 @@ def test_simulation_three_sites_one_broken(tmp_path):
     for reply in _read_jsonl(run_dir / "replies.jsonl"):
         assert reply["records"] == {"arrays": "ArrayRecord", "metrics": "MetricRecord"}
         assert set(reply["arrays"]["arrays"]) == set(start)
-        assert not any("discriminator" in k or k.startswith("opt") for k in reply["arrays"]["arrays"])
+        assert not any(
+            "discriminator" in k or k.startswith("opt") for k in reply["arrays"]["arrays"]
+        )
     # The discriminator and the accountant stayed in the sites' state dirs.
     assert (run_dir / "sites" / "site-0" / "state" / "trainer.safetensors").is_file()
 
     privacy = json.loads((run_dir / "privacy.json").read_text())
     assert set(privacy["sites"]) == {"site-0", "site-1"}
-    assert privacy["worst_epsilon"] == pytest.approx(max(by[(2, s)]["epsilon"] for s in ("site-0", "site-1")))
+    assert privacy["worst_epsilon"] == pytest.approx(
+        max(by[(2, s)]["epsilon"] for s in ("site-0", "site-1"))
+    )
     assert (run_dir / "samples" / f"step_{2 * cfg.federation.local_steps:07d}.png").is_file()
 
 
-def test_resume_continues_and_sites_refuse_beyond_their_budget(tmp_path):
+def test_resume_continues_and_sites_refuse_beyond_their_budget(tmp_path, shared_cache):
     """Run 1 round (noise calibrated to spend the budget in it), then resume to 2 rounds:
     the server continues at round 2 and every site declines (budget spent); no crash."""
     import argparse
 
     from fedsynth.cli.simulate import resolve_run, simulate
 
-    cfg = _sim_config(tmp_path, "federation.rounds=1")
+    cfg = _sim_config(shared_cache, "federation.rounds=1")
     run_dir = tmp_path / "run"
     assert simulate(cfg, run_dir) == 1
     first = _latest_generator(run_dir)
 
-    args = argparse.Namespace(config=None, overrides=["federation.rounds=2"], resume=run_dir, out=None, overwrite=False)
+    args = argparse.Namespace(
+        config=None, overrides=["federation.rounds=2"], resume=run_dir, out=None, overwrite=False
+    )
     cfg2, same_dir = resolve_run(args)
     assert same_dir == run_dir.resolve() and cfg2.federation.rounds == 2
     assert simulate(cfg2, run_dir) == 2

@@ -90,6 +90,28 @@ def test_g_step_per_patient_gradients_match_single_patient_backward():
             torch.testing.assert_close(got[i], want, rtol=1e-4, atol=1e-5)
 
 
+def test_default_mode_per_sample_gradients_are_exact_on_the_default_generator():
+    # The full-size U-Net (4 levels, 32..256 channels) at 64 px: Opacus's "hooks" mode got
+    # some Conv2d per-sample gradients wrong here, which the tiny test nets do not reveal.
+    from fedsynth.common.config import ModelConfig
+
+    torch.manual_seed(0)
+    g = build_generator(ModelConfig())
+    classes = torch.randint(0, 7, (2, 64, 64), generator=torch.Generator().manual_seed(0))
+    cond = torch.nn.functional.one_hot(classes, 7).permute(0, 3, 1, 2).float()
+    reference = []
+    for i in range(2):
+        g.zero_grad()
+        g(cond[i : i + 1]).square().sum().backward()
+        reference.append([p.grad.clone() for p in g.parameters()])
+    dp = PatientDP(g, noise_multiplier=0.0, max_grad_norm=1.0, expected_batch_size=2,
+                   generator=torch.Generator())  # fmt: skip
+    dp.module(cond).square().sum().backward()
+    for i, ref in enumerate(reference):
+        for got, want in zip(_per_sample(g.parameters()), ref, strict=True):
+            torch.testing.assert_close(got[i], want, rtol=1e-3, atol=1e-5 * want.abs().max())
+
+
 def test_clipping_bounds_each_patients_contribution():
     cond, real = _batch()
     g, _ = _nets()
@@ -101,14 +123,15 @@ def test_clipping_bounds_each_patients_contribution():
     assert total <= 3 * 0.01 + 1e-6  # sum of 3 clipped gradients, divided by 1
 
 
-def _parts(dp: bool, sigma: float = 1.0, clip: float = 1.0, expected: float = 3.0, seed=0):
+def _parts(dp: bool, sigma: float = 1.0, clip: float = 1.0, expected: float = 3.0, seed=0,
+           opt=torch.optim.Adam):  # fmt: skip
     g, d = _nets(seed)
     noise = torch.Generator().manual_seed(seed)
     kw = dict(noise_multiplier=sigma, max_grad_norm=clip, expected_batch_size=expected,
               generator=noise)  # fmt: skip
     return GanParts(
         generator=g, discriminator=d,
-        opt_g=torch.optim.Adam(g.parameters(), lr=1e-3), opt_d=torch.optim.Adam(d.parameters(), lr=1e-3),
+        opt_g=opt(g.parameters(), lr=1e-3), opt_d=opt(d.parameters(), lr=1e-3),
         loss=Pix2PixLoss(), dp_d=PatientDP(d, **kw) if dp else None,
         dp_g=PatientDP(g, **kw) if dp else None,
     )  # fmt: skip
@@ -133,8 +156,11 @@ def test_dp_noises_the_generator_update():
 def test_without_noise_or_clipping_dp_step_equals_plain_step():
     # sigma 0, a clip no gradient reaches, realised batch == expected batch: the DP update
     # must be the ordinary mean-gradient update (checks the whole per-patient pipeline).
+    # SGD, not Adam: Adam's first step is lr * sign(g), which amplifies round-off near g = 0.
     cond, real = _batch()
-    plain, private = _parts(dp=False), _parts(dp=True, sigma=0.0, clip=1e9, expected=3.0)
+    sgd = torch.optim.SGD
+    plain = _parts(dp=False, opt=sgd)
+    private = _parts(dp=True, sigma=0.0, clip=1e9, expected=3.0, opt=sgd)
     train_step(plain, cond, real)
     train_step(private, cond, real)
     torch.testing.assert_close(_flat(plain.generator), _flat(private.generator), rtol=1e-4, atol=1e-6)

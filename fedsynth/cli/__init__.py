@@ -24,6 +24,7 @@ COMMANDS: tuple[str, ...] = (
     "simulate",
     "train",
     "synthesize",
+    "benchmark",
 )
 
 

@@ -37,7 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_config_args(p, config_required=False)
     p.add_argument("--out", type=Path, help="run directory to create")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run after its last completed round")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue a run after its last completed round",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=run)
 
@@ -52,7 +57,9 @@ def resolve_run(args: argparse.Namespace) -> tuple[Config, Path]:
         run_dir = args.resume.expanduser().resolve()
         saved = run_dir / "config.yaml"
         if not saved.is_file():
-            raise ConfigError("--resume", f"{run_dir} is not a fedsynth run directory (no config.yaml)")
+            raise ConfigError(
+                "--resume", f"{run_dir} is not a fedsynth run directory (no config.yaml)"
+            )
         bad = [o for o in overrides if not o.startswith(RESUMABLE_PREFIX)]
         if bad or args.config:
             raise ConfigError(
@@ -131,5 +138,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{run_dir}: stopped after round {done} of {cfg.federation.rounds}; resume with "
               f"'fedsynth simulate --resume {run_dir}'")  # fmt: skip
         return 1
-    print(f"{run_dir}: {done} rounds; generator in {run_dir / 'checkpoints' / 'generator.safetensors'}")
+    print(
+        f"{run_dir}: {done} rounds; generator in {run_dir / 'checkpoints' / 'generator.safetensors'}"
+    )
     return 0

@@ -167,7 +167,9 @@ def reply_content(weights: dict[str, np.ndarray] | None, metrics: dict[str, Any]
     return RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
 
 
-def store_reply(site: SiteIdentity, req: TrainRequest, weights: dict[str, np.ndarray], metrics: dict[str, Any]) -> None:
+def store_reply(
+    site: SiteIdentity, req: TrainRequest, weights: dict[str, np.ndarray], metrics: dict[str, Any]
+) -> None:
     import torch
 
     from fedsynth.common.io.checkpoints import save_checkpoint
@@ -178,7 +180,12 @@ def store_reply(site: SiteIdentity, req: TrainRequest, weights: dict[str, np.nda
         architecture="generator-reply",
         config_hash=req.digest,
         step=req.server_round,
-        extra={"metrics": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}},
+        extra={
+            "metrics": {
+                k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in metrics.items()
+            }
+        },
     )
 
 
@@ -194,7 +201,9 @@ def stored_reply(site: SiteIdentity, req: TrainRequest) -> RecordDict | None:
         return None
     metrics = {k: (math.nan if v is None else v) for k, v in c.extra["metrics"].items()}
     metrics["resent"] = 1
-    log.info("%s: resending its reply to round %d (no new privacy spent)", site.name, req.server_round)
+    log.info(
+        "%s: resending its reply to round %d (no new privacy spent)", site.name, req.server_round
+    )
     return reply_content({k: v.numpy() for k, v in c.tensors.items()}, metrics)
 
 
@@ -211,7 +220,9 @@ def train_round(site: SiteIdentity, req: TrainRequest) -> RecordDict:
     except PrivacyBudgetError as e:
         log.warning("%s declines round %d: %s", site.name, req.server_round, e)
         return reply_content(None, reply_metrics(trainer, site, None))
-    trainer.set_generator_weights(req.weights, source=f"global generator of round {req.server_round}")
+    trainer.set_generator_weights(
+        req.weights, source=f"global generator of round {req.server_round}"
+    )
     report = trainer.train_steps(steps)
     save_trainer(site, trainer)
     weights = trainer.get_generator_weights()

@@ -58,7 +58,9 @@ def identify_site(node_config: dict[str, Any], run_dir: str | Path | None) -> Si
     index = int(node_config["partition-id"])
     name = f"site-{index}"
     if not run_dir:
-        raise ConfigError("run-dir", "the server sent no run directory for the simulated sites' state")
+        raise ConfigError(
+            "run-dir", "the server sent no run directory for the simulated sites' state"
+        )
     return SiteIdentity(name, index, Path(run_dir) / "sites" / name / "state", None)
 
 

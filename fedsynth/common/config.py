@@ -136,6 +136,36 @@ class SynthesisConfig:
     p_remove: float = 0.1  # remove the tumour: a healthy case
 
 
+BENCHMARK_ARMS: tuple[str, ...] = (
+    "local",  # each site trains on its own real patients alone
+    "pooled",  # all sites' real patients together (upper bound)
+    "synthetic",  # synthetic cohort only (anonymisation)
+    "local+synthetic",  # a site's real patients plus the synthetic cohort (augmentation)
+    "synthetic->finetune",  # pretrain on synthetic, fine-tune on a site's real patients
+    "fedavg",  # segmentation trained with Flower FedAvg across the sites
+)
+
+
+@dataclass
+class BenchmarkConfig:
+    """Segmentation benchmark (``fedsynth benchmark``): which arms, how each model trains."""
+
+    arms: list[str] = field(default_factory=lambda: list(BENCHMARK_ARMS))
+    seeds: int = 3  # repetitions of every arm with seeds cfg.seed + 0, 1, ...
+    segmenter: str = "unet2d"  # fedsynth.common.models.segmenter.SEGMENTERS
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])  # U-Net widths
+    steps: int = 300  # optimisation steps per model (fedavg: rounds x local steps per site)
+    batch_size: int = 16  # slices per step
+    lr: float = 1e-3  # Adam
+    tumour_slice_prob: float = 0.5  # chance a training slice is drawn among tumour slices
+    synthetic_cases: int = 40  # cases synthesised when the benchmark is given --checkpoint
+    finetune_steps: int = 100  # synthetic->finetune: steps on the site's real data
+    finetune_lr: float = 5e-4
+    fedavg_rounds: int = 5  # fedavg: local steps per round = steps // fedavg_rounds
+    overlay_patients: int = 3  # held-out patients drawn as prediction overlays
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+
+
 @dataclass
 class Config:
     seed: int = 0
@@ -149,6 +179,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
 
 
 _ = MISSING  # re-exported for sections that add required keys later
@@ -217,6 +248,7 @@ def _check_ranges(cfg: Config) -> None:
     if not cfg.model.generator_channels or min(cfg.model.generator_channels) <= 0:
         raise ConfigError("model.generator_channels", "must be a non-empty list of positive ints")
     _check_synthesis(cfg.synthesis)
+    _check_benchmark(cfg.benchmark)
 
 
 def _check_synthesis(syn: SynthesisConfig) -> None:
@@ -255,6 +287,29 @@ def _check_synthesis(syn: SynthesisConfig) -> None:
         raise ConfigError(
             "synthesis.cohort_dir", "required when synthesis.label_source is 'cohort'"
         )
+
+
+def _check_benchmark(b: BenchmarkConfig) -> None:
+    unknown = [a for a in b.arms if a not in BENCHMARK_ARMS]
+    if unknown or not b.arms:
+        raise ConfigError(
+            "benchmark.arms",
+            f"unknown arm(s) {unknown}; choose a non-empty list of {', '.join(BENCHMARK_ARMS)}",
+        )
+    for key in ("seeds", "steps", "batch_size", "lr", "synthetic_cases", "finetune_lr"):
+        if not getattr(b, key) > 0:
+            raise ConfigError(f"benchmark.{key}", f"must be > 0, got {getattr(b, key)}")
+    for key in ("finetune_steps", "overlay_patients"):
+        if getattr(b, key) < 0:
+            raise ConfigError(f"benchmark.{key}", f"must be >= 0, got {getattr(b, key)}")
+    if not 1 <= b.fedavg_rounds <= b.steps:
+        raise ConfigError("benchmark.fedavg_rounds", f"must be in [1, benchmark.steps], got {b.fedavg_rounds}")
+    if not 0.0 <= b.tumour_slice_prob <= 1.0:
+        raise ConfigError("benchmark.tumour_slice_prob", f"must be in [0, 1], got {b.tumour_slice_prob}")
+    if not b.channels or min(b.channels) <= 0:
+        raise ConfigError("benchmark.channels", "must be a non-empty list of positive ints")
+    if b.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError("benchmark.device", f"must be one of auto, cpu, cuda; got {b.device!r}")
 
 
 def _omegaconf_key(err: OmegaConfBaseException) -> str:

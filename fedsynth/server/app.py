@@ -49,7 +49,7 @@ def settings_from_run_config(run_config: dict[str, object]) -> ServerSettings:
     if "config" not in run_config:
         raise ConfigError(
             "tool.flwr.app.config.config",
-            "missing: set config = \"configs/smoke.yaml\" in pyproject.toml or pass "
+            'missing: set config = "configs/smoke.yaml" in pyproject.toml or pass '
             "--run-config 'config=\"...\"' to flwr run",
         )
     path = _find_config(str(run_config["config"]))
@@ -93,7 +93,11 @@ def write_run_config(run_dir: Path, cfg: Config) -> None:
 def train_config(cfg: Config, run_dir: Path) -> ConfigRecord:
     """What every site receives besides the generator: the whole resolved config as YAML."""
     return ConfigRecord(
-        {"config-yaml": config_to_yaml(cfg), "run-dir": str(run_dir), "rounds": cfg.federation.rounds}
+        {
+            "config-yaml": config_to_yaml(cfg),
+            "run-dir": str(run_dir),
+            "rounds": cfg.federation.rounds,
+        }
     )
 
 

@@ -29,7 +29,9 @@ from fedsynth.common.gan.rundir import RunDir
 from fedsynth.common.io.atomic import atomic_path, atomic_write_json, atomic_write_text
 
 STATE_FILE = "server_state.json"
-LATEST_GENERATOR = "generator.safetensors"  # copy of the newest round's, a stable name for synthesis
+LATEST_GENERATOR = (
+    "generator.safetensors"  # copy of the newest round's, a stable name for synthesis
+)
 KEEP_ROUNDS = 3  # round checkpoints kept (older ones are deleted; latest.json names the newest)
 
 
@@ -71,7 +73,9 @@ def load_generator(path: Path) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in load_checkpoint(path).tensors.items()}
 
 
-def save_checkpoint(run_dir: Path, cfg: Config, round_: int, weights: dict[str, np.ndarray], extra: dict[str, Any]) -> Path:
+def save_checkpoint(
+    run_dir: Path, cfg: Config, round_: int, weights: dict[str, np.ndarray], extra: dict[str, Any]
+) -> Path:
     """Write the global generator after ``round_`` (first write of a round).
 
     Named like the central trainer's, by local step: ``checkpoints/generator_<round x
@@ -92,7 +96,15 @@ def commit_round(run_dir: Path, state: ServerState) -> None:
     if not state.checkpoint or not ckpt.is_file():
         raise CheckpointError(ckpt, "missing; save_checkpoint must run before commit_round")
     atomic_write_json(run_dir / STATE_FILE, asdict(state))
-    atomic_write_json(run.latest, {"step": int(ckpt.stem.split("_")[-1]), "round": state.round, "generator": ckpt.name, "state": STATE_FILE})
+    atomic_write_json(
+        run.latest,
+        {
+            "step": int(ckpt.stem.split("_")[-1]),
+            "round": state.round,
+            "generator": ckpt.name,
+            "state": STATE_FILE,
+        },
+    )
     with atomic_path(run.checkpoints / LATEST_GENERATOR) as tmp:
         tmp.write_bytes(ckpt.read_bytes())
     for old in sorted(run.checkpoints.glob("generator_*.safetensors"))[:-KEEP_ROUNDS]:

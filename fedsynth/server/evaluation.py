@@ -18,14 +18,19 @@ from fedsynth.common.config import Config
 
 def quality_due(round_: int, rounds: int, local_steps: int, eval_every: int) -> bool:
     """Score image quality whenever train.eval_every local steps were crossed, and at the end."""
-    return round_ == rounds or (round_ * local_steps) // eval_every > ((round_ - 1) * local_steps) // eval_every
+    return (
+        round_ == rounds
+        or (round_ * local_steps) // eval_every > ((round_ - 1) * local_steps) // eval_every
+    )
 
 
 class HeldOutEvaluator:
     """Callable (round, generator weights) -> held-out metrics (empty when not due).
 
-    Writes ``samples/step_<round x local_steps>.png`` every round; scores MAE/PSNR/SSIM inside
-    the brain on ``train.eval_slices`` fixed held-out slices when ``quality_due``.
+    Like central training, counted in local steps: writes ``samples/step_<round x
+    local_steps>.png`` when a round crosses ``train.sample_every`` steps, and scores
+    MAE/PSNR/SSIM inside the brain on ``train.eval_slices`` fixed held-out slices when it
+    crosses ``train.eval_every``; both also after the last round.
     """
 
     def __init__(self, cfg: Config, run_dir: Path):
@@ -41,7 +46,9 @@ class HeldOutEvaluator:
             from fedsynth.common.data.cache import site_slices
             from fedsynth.common.data.cohort import load_split, resolve_cohort
 
-            self._test = site_slices(self.cfg, list(load_split(resolve_cohort(self.cfg)).test), "test")
+            self._test = site_slices(
+                self.cfg, list(load_split(resolve_cohort(self.cfg)).test), "test"
+            )
         t = self.cfg.train
         return (
             self._test,
@@ -57,7 +64,9 @@ class HeldOutEvaluator:
 
         if self._generator is None:
             self._generator = build_generator(self.cfg.model).eval()
-        self._generator.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()})
+        self._generator.load_state_dict(
+            {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}
+        )
 
         @torch.no_grad()
         def generate(cond: torch.Tensor) -> torch.Tensor:
@@ -76,13 +85,16 @@ class HeldOutEvaluator:
         from fedsynth.common.gan.evaluation import save_sample_grid
         from fedsynth.common.gan.rundir import RunDir
 
-        test, grid, _ = self._data()
-        fed = self.cfg.federation
-        step = round_ * fed.local_steps
-        save_sample_grid(
-            self.generate_fn(weights), test, grid, RunDir(self.run_dir).sample_png(step),
-            title=f"{self.cfg.name}: global generator after round {round_}",
-        )  # fmt: skip
-        if not quality_due(round_, fed.rounds, fed.local_steps, self.cfg.train.eval_every):
+        fed, t = self.cfg.federation, self.cfg.train
+        if due(round_, fed.rounds, fed.local_steps, t.sample_every):
+            test, grid, _ = self._data()
+            save_sample_grid(
+                self.generate_fn(weights),
+                test,
+                grid,
+                RunDir(self.run_dir).sample_png(round_ * fed.local_steps),
+                title=f"{self.cfg.name}: global generator after round {round_}",
+            )
+        if not due(round_, fed.rounds, fed.local_steps, t.eval_every):
             return {}
         return self.quality(weights)

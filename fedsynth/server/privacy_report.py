@@ -17,7 +17,9 @@ from fedsynth.common.privacy.report import SitePrivacy, write_privacy_json
 PRIVACY_FILE = "privacy.json"
 
 
-def site_privacy_entry(metrics: dict[str, float], history: dict[str, list[float]], dp: bool) -> dict[str, Any]:
+def site_privacy_entry(
+    metrics: dict[str, float], history: dict[str, list[float]], dp: bool
+) -> dict[str, Any]:
     """JSON-able per-site entry (kept in the server state) from one site reply's metrics."""
     mechanisms = [
         {"noise_multiplier": nm, "sample_rate": q, "steps": int(n)}
@@ -40,7 +42,9 @@ def site_privacy_entry(metrics: dict[str, float], history: dict[str, list[float]
     }
 
 
-def write_federated_privacy(run_dir: Path, cfg: Config, sites: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def write_federated_privacy(
+    run_dir: Path, cfg: Config, sites: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     """Write ``run_dir/privacy.json`` from the per-site entries; return what was written."""
     entries = {
         name: SitePrivacy(

@@ -62,8 +62,14 @@ def site_rows(outcome: RoundOutcome, local_steps: int) -> list[dict[str, Any]]:
     return rows
 
 
-def round_row(outcome: RoundOutcome, metrics: MetricRecord, seconds: float, local_steps: int) -> dict[str, Any]:
-    row: dict[str, Any] = {"round": outcome.round, "kind": "round", "step": outcome.round * local_steps}
+def round_row(
+    outcome: RoundOutcome, metrics: MetricRecord, seconds: float, local_steps: int
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "round": outcome.round,
+        "kind": "round",
+        "step": outcome.round * local_steps,
+    }
     row.update({k.replace("-", "_"): _clean(float(v)) for k, v in metrics.items()})  # type: ignore[arg-type]
     row["epsilon"] = row.get("epsilon_max")  # worst site: the run's epsilon, as in central rows
     row["seconds"] = round(seconds, 3)
@@ -90,7 +96,12 @@ class RoundRecorder:
         for name in (METRICS_FILE, REPLIES_FILE):
             dropped = checkpointing.truncate_metrics(self.run_dir / name, self.state.round)
             if dropped:
-                log.info("dropped %d rows of uncommitted round %d from %s", dropped, self.state.round + 1, name)
+                log.info(
+                    "dropped %d rows of uncommitted round %d from %s",
+                    dropped,
+                    self.state.round + 1,
+                    name,
+                )
 
     def __call__(self, flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if flower_round == 0:  # Flower's call before the first round
@@ -107,7 +118,11 @@ class RoundRecorder:
         return MetricRecord(means) if means else None
 
     def record(
-        self, outcome: RoundOutcome, weights: dict[str, np.ndarray], quality: dict[str, Any], seconds: float
+        self,
+        outcome: RoundOutcome,
+        weights: dict[str, np.ndarray],
+        quality: dict[str, Any],
+        seconds: float,
     ) -> None:
         """Checkpoint, rows, then the commit (see checkpointing's write order)."""
         local = self.cfg.federation.local_steps
@@ -125,10 +140,14 @@ class RoundRecorder:
             run.append_metrics(row)  # non-finite -> null, as in central runs
         for s in outcome.sites:
             if s.reply:
-                append_jsonl(self.run_dir / REPLIES_FILE, {"round": outcome.round, "site": s.site, **s.reply})
+                append_jsonl(
+                    self.run_dir / REPLIES_FILE, {"round": outcome.round, "site": s.site, **s.reply}
+                )
         for s in outcome.sites:
             if s.status in (OK, DECLINED):  # an accountant report the site stands behind
-                self.state.sites[s.site] = site_privacy_entry(s.metrics, s.history, self.cfg.privacy.enabled)
+                self.state.sites[s.site] = site_privacy_entry(
+                    s.metrics, s.history, self.cfg.privacy.enabled
+                )
         self.state.round = outcome.round
         self.state.checkpoint = path.name
         self.state.seconds += seconds
@@ -138,7 +157,9 @@ class RoundRecorder:
         self._log_progress(outcome, summary)
 
     def _log_progress(self, outcome: RoundOutcome, summary: dict[str, Any]) -> None:
-        losses = " ".join(f"{k}={v:.3f}" for k, v in summary.items() if k.startswith("loss_") and v is not None)
+        losses = " ".join(
+            f"{k}={v:.3f}" for k, v in summary.items() if k.startswith("loss_") and v is not None
+        )
         eps = summary.get("epsilon_max")
         log.info(
             "round %d/%d: %d/%d sites ok%s, epsilon max %s, %s, %.1f s",

@@ -96,7 +96,9 @@ def array_spec(arrays: ArrayRecord) -> dict[str, tuple[tuple[int, ...], str]]:
     return {k: (tuple(a.shape), str(a.dtype)) for k, a in arrays.items()}
 
 
-def check_update(arrays: ArrayRecord, reference: Mapping[str, tuple[tuple[int, ...], str]]) -> list[str]:
+def check_update(
+    arrays: ArrayRecord, reference: Mapping[str, tuple[tuple[int, ...], str]]
+) -> list[str]:
     """Problems that make ``arrays`` unfit to aggregate into a generator of spec ``reference``.
 
     Returns an empty list for a good update. Checks key set, shape and dtype of every array
@@ -107,12 +109,16 @@ def check_update(arrays: ArrayRecord, reference: Mapping[str, tuple[tuple[int, .
     keys, expected = set(arrays.keys()), set(reference)
     if keys != expected:
         extra, missing = sorted(keys - expected), sorted(expected - keys)
-        problems.append(f"array keys differ from the generator's: extra {extra[:5]}, missing {missing[:5]}")
+        problems.append(
+            f"array keys differ from the generator's: extra {extra[:5]}, missing {missing[:5]}"
+        )
         return problems
     for key, array in arrays.items():
         shape, dtype = reference[key]
         if tuple(array.shape) != shape or str(array.dtype) != dtype:
-            problems.append(f"{key}: shape {tuple(array.shape)} {array.dtype}, expected {shape} {dtype}")
+            problems.append(
+                f"{key}: shape {tuple(array.shape)} {array.dtype}, expected {shape} {dtype}"
+            )
             continue
         values = array.numpy()
         if np.issubdtype(values.dtype, np.inexact) and not np.isfinite(values).all():
@@ -158,7 +164,9 @@ class GeneratorUpdates:
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._reference = array_spec(arrays)
-        messages = list(super().configure_train(server_round + self.round_offset, arrays, config, grid))  # type: ignore[misc]
+        messages = list(
+            super().configure_train(server_round + self.round_offset, arrays, config, grid)
+        )  # type: ignore[misc]
         self._sent_to = [m.metadata.dst_node_id for m in messages]
         return messages
 
@@ -172,8 +180,12 @@ class GeneratorUpdates:
         for node in self._sent_to:
             if node not in answered:
                 site = self._node_sites.get(node, f"node-{node}")
-                log.warning("round %d: %s (node %d) did not answer in time", server_round, site, node)
-                outcomes.append(SiteOutcome(site, node, TIMED_OUT, "no reply before the round timeout"))
+                log.warning(
+                    "round %d: %s (node %d) did not answer in time", server_round, site, node
+                )
+                outcomes.append(
+                    SiteOutcome(site, node, TIMED_OUT, "no reply before the round timeout")
+                )
         arrays = None
         if len(accepted) >= self.min_sites:
             arrays, _ = super().aggregate_train(server_round, accepted)  # type: ignore[misc]
@@ -202,7 +214,13 @@ class GeneratorUpdates:
                 else:
                     accepted.append(msg)
             if outcome.status in (REFUSED, FAILED):
-                log.error("%s (node %d) %s: %s", outcome.site, outcome.node_id, outcome.status, outcome.reason)
+                log.error(
+                    "%s (node %d) %s: %s",
+                    outcome.site,
+                    outcome.node_id,
+                    outcome.status,
+                    outcome.reason,
+                )
             outcomes.append(outcome)
         return outcomes, accepted
 
@@ -218,12 +236,24 @@ class GeneratorUpdates:
         audit = reply_audit(msg)
         content = msg.content
         if len(content.metric_records) != 1 or len(content.array_records) != 1 or len(content) != 2:
-            return SiteOutcome(site, node, REFUSED, f"expected one ArrayRecord and one MetricRecord, got {audit['records']}", reply=audit)
+            return SiteOutcome(
+                site,
+                node,
+                REFUSED,
+                f"expected one ArrayRecord and one MetricRecord, got {audit['records']}",
+                reply=audit,
+            )
         metrics = {k: v for k, v in next(iter(content.metric_records.values())).items()}
         missing = [k for k in REQUIRED_METRICS if k not in metrics]
-        lists = [k for k, v in metrics.items() if isinstance(v, list) and not k.startswith(HISTORY_PREFIX)]
+        lists = [
+            k
+            for k, v in metrics.items()
+            if isinstance(v, list) and not k.startswith(HISTORY_PREFIX)
+        ]
         if missing or lists:
-            return SiteOutcome(site, node, REFUSED, f"MetricRecord lacks {missing} or holds lists", reply=audit)
+            return SiteOutcome(
+                site, node, REFUSED, f"MetricRecord lacks {missing} or holds lists", reply=audit
+            )
         site = _site_name(metrics["site-index"], node)
         self._node_sites[node] = site
         scalars = {k: float(v) for k, v in metrics.items() if not isinstance(v, list)}
@@ -257,7 +287,10 @@ def round_metrics(outcome: RoundOutcome) -> MetricRecord:
     """Aggregated metrics of a round: site counts, worst-case epsilon, weighted mean losses."""
     ok = [s for s in outcome.sites if s.status == OK]
     record = MetricRecord(
-        {f"sites-{status}": outcome.count(status) for status in (OK, DECLINED, FAILED, REFUSED, TIMED_OUT)}
+        {
+            f"sites-{status}": outcome.count(status)
+            for status in (OK, DECLINED, FAILED, REFUSED, TIMED_OUT)
+        }
     )
     record["aggregated"] = int(outcome.aggregated)
     eps = [s.metrics["epsilon"] for s in outcome.sites if "epsilon" in s.metrics]
@@ -293,7 +326,10 @@ def build_strategy(cfg: Config, *, expected_sites: int, round_offset: int = 0) -
     """
     fed = cfg.federation
     if fed.min_sites > expected_sites:
-        raise ConfigError("federation.min_sites", f"{fed.min_sites} exceeds the {expected_sites} sites of the federation")
+        raise ConfigError(
+            "federation.min_sites",
+            f"{fed.min_sites} exceeds the {expected_sites} sites of the federation",
+        )
     common: dict[str, Any] = {
         "fraction_train": 1.0,
         "fraction_evaluate": 0.0,

@@ -31,7 +31,7 @@ import nibabel as nib
 import numpy as np
 
 from fedsynth.common.config import PhantomConfig
-from fedsynth.common.data.brats import BRATS2021, ENHANCING, MODALITIES, SEG
+from fedsynth.common.data.brats import BRATS2021, MODALITIES, SEG, labels_for_naming
 from fedsynth.common.data.phantom_anatomy import (
     Template,
     load_template,
@@ -183,8 +183,7 @@ def write_subject(folder: Path, case_id: str, vols: SubjectVolumes, affine: np.n
     folder.mkdir(parents=True)
     for modality in MODALITIES:
         _save(vols.images[modality], affine, folder / BRATS2021.filename(case_id, modality))
-    seg = vols.labels.copy()
-    seg[seg == ENHANCING] = BRATS2021.enhancing_label
+    seg = labels_for_naming(vols.labels, BRATS2021)  # enhancing stored as 4
     _save(seg, affine, folder / BRATS2021.filename(case_id, SEG))
     _save(vols.tissue, affine, folder / f"{case_id}{BRATS2021.separator}tissue.nii.gz")
 

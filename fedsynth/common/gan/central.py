@@ -112,7 +112,6 @@ class CentralRun:
             **q,
         }
         self.run.append_metrics(record)
-        self.run.write_plots()
         log.info(
             "step %d: D %.3f, G adv %.3f, L1 %.3f, held-out PSNR %.2f dB, %s",
             record["step"], report.loss_d, report.loss_g_adv, report.loss_g_l1,
@@ -127,6 +126,7 @@ class CentralRun:
         save_generator_checkpoint(self.trainer, self.run.generator_checkpoint(step))
         self.trainer.save(self.run.state_checkpoint(step))
         self.write_privacy()
+        self.run.write_plots()  # with each checkpoint: plotting costs about a second
         self.run.mark_latest(step)
 
     def write_privacy(self) -> dict[str, Any]:

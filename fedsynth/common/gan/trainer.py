@@ -34,6 +34,7 @@ from fedsynth.common.models.registry import (
 )
 from fedsynth.common.privacy.accountant import PrivacyAccountant
 from fedsynth.common.privacy.dp import (
+    DEFAULT_GRAD_SAMPLE_MODE,
     PatientDP,
     accounted_noise_multiplier,
     calibrate_noise_multiplier,
@@ -109,7 +110,7 @@ class LocalTrainer:
         seed: int | None = None,
         device: str | torch.device | None = None,
         sampler: Sampler | None = None,
-        grad_sample_mode: str = "hooks",
+        grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE,
     ):
         self.cfg = cfg
         self.site = site

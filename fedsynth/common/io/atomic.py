@@ -91,6 +91,10 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
         yield tmp
         os.chmod(tmp, _default_mode(is_dir=True))
         if path.exists():
+            if not overwrite:  # another process finished first: keep its output, not ours
+                from fedsynth.common.errors import OutputExistsError
+
+                raise OutputExistsError(path)
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:

@@ -29,7 +29,13 @@ from torch import nn
 from fedsynth.common.errors import ConfigError
 
 STEPS_PER_ITERATION = 2  # D step and G step share one sample: sqrt(2) joint sensitivity
-GRAD_SAMPLE_MODES = ("hooks", "functorch")  # "ew" cannot handle ConvTranspose (U-Net decoder)
+# Opacus grad-sample modes that run on these networks. "functorch" (per-sample gradients by
+# vmap over the layer's autograd) is the default because it is CORRECT on the default U-Net:
+# "hooks" returned wrong per-sample gradients for some of its Conv2d weights (relative error
+# ~1; see tests/test_privacy.py and benchmarks/bench_dp_step.py), and "ew" (expanded weights)
+# cannot handle ConvTranspose at all.
+GRAD_SAMPLE_MODES = ("functorch", "hooks")
+DEFAULT_GRAD_SAMPLE_MODE = "functorch"
 _CLIP_EPS = 1e-6  # as in Opacus: avoids dividing by a zero norm
 
 
@@ -111,7 +117,7 @@ class PatientDP:
         max_grad_norm: float,
         expected_batch_size: float,
         generator: torch.Generator,
-        grad_sample_mode: str = "hooks",
+        grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE,
     ):
         if grad_sample_mode not in GRAD_SAMPLE_MODES:
             raise ConfigError("grad_sample_mode", f"must be one of {GRAD_SAMPLE_MODES}")

@@ -71,10 +71,11 @@ def privacy_statement(sites: dict[str, SitePrivacy], delta: float, dp_enabled: b
             f"{', '.join(sorted(sites)) or 'no site'} and may memorise patients."
         )
     worst = max((s.epsilon for s in sites.values()), default=0.0)
+    names = ", ".join(sorted(sites)) or "no site"
     return (
-        f"Patient-level ({describe_epsilon(worst, delta)}) differential privacy for every "
-        f"patient at the worst of {len(sites)} site(s): Poisson-sampled patients, one slice "
-        "each, both discriminator and generator steps DP-SGD, composed by one accountant per site."
+        f"Each training patient is protected by patient-level differential privacy with "
+        f"{describe_epsilon(worst, delta)} (worst of: {names}); both the discriminator and "
+        "the generator steps were DP-SGD on Poisson-sampled patients, one slice each."
     )
 
 
