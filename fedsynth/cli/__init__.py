@@ -25,6 +25,7 @@ COMMANDS: tuple[str, ...] = (
     "train",
     "synthesize",
     "benchmark",
+    "demo",
 )
 
 
@@ -53,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    logging.getLogger("flwr").propagate = False  # Flower logs through its own handler already
     try:
         return int(args.func(args) or 0)
     except FedsynthError as e:
