@@ -72,10 +72,13 @@ class PeakMemory:
         self._thread.join()
 
 
+EXTRA: list[str] = []  # --set key=value, applied to every config of the run
+
+
 def _config(base: str, out: Path, *overrides: str):
     from fedsynth.common.config import load_config
 
-    return load_config(base, [f"data.cache_dir={out / 'cache'}", *overrides])
+    return load_config(base, [f"data.cache_dir={out / 'cache'}", *overrides, *EXTRA])
 
 
 def _simulate(cfg, run_dir: Path) -> float:
@@ -184,11 +187,7 @@ def bench_memory(args: argparse.Namespace, out: Path) -> dict:
 def _heldout_quality(cfg, weights: dict[str, np.ndarray], out: Path) -> dict[str, float]:
     from fedsynth.server.evaluation import HeldOutEvaluator
 
-    ev = HeldOutEvaluator(cfg, out)
-    _, fake, real = ev._generate(weights, ev._load()[2])
-    from fedsynth.common.metrics.image_quality import image_quality, mean_over_contrasts
-
-    return mean_over_contrasts(image_quality(fake, real))
+    return HeldOutEvaluator(cfg, out).quality(weights)["mean"]
 
 
 def bench_quality(args: argparse.Namespace, out: Path) -> dict:
@@ -237,13 +236,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--skip-quality", action="store_true")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--skip-overhead", action="store_true")
     args = p.parse_args(argv)
+    EXTRA[:] = args.set
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"config": args.config}
-    print("overhead ...", flush=True)
-    results["overhead"] = bench_overhead(args, out)
-    print(json.dumps(results["overhead"], indent=1), flush=True)
+    results["set"] = args.set
+    if not args.skip_overhead:
+        print("overhead ...", flush=True)
+        results["overhead"] = bench_overhead(args, out)
+        print(json.dumps(results["overhead"], indent=1), flush=True)
     if not args.skip_memory:
         print("memory ...", flush=True)
         results["memory"] = bench_memory(args, out)

@@ -16,11 +16,10 @@ import numpy as np
 from fedsynth.common.config import Config
 
 
-def quality_due(round_: int, rounds: int, local_steps: int, eval_every: int) -> bool:
-    """Score image quality whenever train.eval_every local steps were crossed, and at the end."""
+def due(round_: int, rounds: int, local_steps: int, every: int) -> bool:
+    """True when round ``round_`` crosses a multiple of ``every`` local steps, or is the last."""
     return (
-        round_ == rounds
-        or (round_ * local_steps) // eval_every > ((round_ - 1) * local_steps) // eval_every
+        round_ == rounds or (round_ * local_steps) // every > ((round_ - 1) * local_steps) // every
     )
 
 
