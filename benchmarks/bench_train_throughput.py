@@ -47,7 +47,9 @@ def synthetic_cache(size: int, patients: int, slices: int, seed: int = 0) -> Syn
     n = patients * slices
     yy, xx = np.mgrid[:size, :size]
     r = np.hypot(yy - size / 2, xx - size / 2)
-    tissue = np.broadcast_to(np.digitize(-r, [-size * 0.45, -size * 0.3, -size * 0.1]), (n, size, size))
+    tissue = np.broadcast_to(
+        np.digitize(-r, [-size * 0.45, -size * 0.3, -size * 0.1]), (n, size, size)
+    )
     tissue = tissue.astype(np.uint8).copy()
     labels = np.zeros_like(tissue)
     has_tumour = rng.random(n) < 0.6

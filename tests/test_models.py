@@ -53,7 +53,10 @@ def test_three_d_variants_build_and_run():
 
 @pytest.mark.parametrize(
     ("field", "build", "valid"),
-    [("generator", build_generator, "unet2d"), ("discriminator", build_discriminator, "patchgan2d")],
+    [
+        ("generator", build_generator, "unet2d"),
+        ("discriminator", build_discriminator, "patchgan2d"),
+    ],
 )
 def test_unknown_network_name_lists_valid_ones(field, build, valid):
     cfg = ModelConfig(**{**TINY.__dict__, field: "resnet9"})

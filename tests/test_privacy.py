@@ -163,7 +163,9 @@ def test_without_noise_or_clipping_dp_step_equals_plain_step():
     private = _parts(dp=True, sigma=0.0, clip=1e9, expected=3.0, opt=sgd)
     train_step(plain, cond, real)
     train_step(private, cond, real)
-    torch.testing.assert_close(_flat(plain.generator), _flat(private.generator), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        _flat(plain.generator), _flat(private.generator), rtol=1e-4, atol=1e-6
+    )
     torch.testing.assert_close(
         _flat(plain.discriminator), _flat(private.discriminator), rtol=1e-4, atol=1e-6
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 
 from fedsynth.common.errors import CheckpointError, OutputExistsError
 from fedsynth.common.gan.central import CentralData, resume_central, train_central
+from fedsynth.common.gan.rundir import RunDir
 from fedsynth.common.gan.trainer import LocalTrainer
 from fedsynth.common.io.checkpoints import load_checkpoint, save_checkpoint
 from fedsynth.common.metrics.image_quality import image_quality
@@ -21,8 +23,15 @@ DATA = CentralData(fake_cache(), fake_cache(patients=3, seed=1))
 RUN = ("train.steps=4", "train.eval_every=2", "train.checkpoint_every=2", "train.sample_every=2")
 
 
-def test_central_run_writes_every_run_directory_file(tmp_path):
-    run = train_central(tiny_config(*RUN), tmp_path / "run", data=DATA, progress=False)
+@pytest.fixture(scope="module")
+def central_run(tmp_path_factory) -> RunDir:
+    """One finished 4-step DP run, shared (read-only) by the tests below."""
+    root = tmp_path_factory.mktemp("central") / "run"
+    return train_central(tiny_config(*RUN), root, data=DATA, progress=False)
+
+
+def test_central_run_writes_every_run_directory_file(central_run):
+    run = central_run
     for f in ("config.yaml", "metrics.jsonl", "privacy.json", "plots/losses.png",
               "plots/quality.png", "samples/step_0000004.png", "checkpoints/latest.json",
               "checkpoints/generator_0000004.safetensors", "checkpoints/state_0000004.safetensors"):  # fmt: skip
@@ -38,8 +47,9 @@ def test_central_run_writes_every_run_directory_file(tmp_path):
         train_central(tiny_config(*RUN), run.root, data=DATA, progress=False)
 
 
-def test_resume_after_interruption_gives_the_same_generator_and_accountant(tmp_path):
-    run = train_central(tiny_config(*RUN), tmp_path / "run", data=DATA, progress=False)
+def test_resume_after_interruption_gives_the_same_generator_and_accountant(central_run, tmp_path):
+    shutil.copytree(central_run.root, tmp_path / "run")
+    run = RunDir(tmp_path / "run")
     final = load_file(run.generator_checkpoint(4))
     privacy = json.loads(run.privacy.read_text())
     # Simulate a crash right after the step-2 checkpoint.
@@ -93,7 +103,9 @@ def test_corrupted_or_mismatched_checkpoints_are_refused(tmp_path):
     (tmp_path / "garbage.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(CheckpointError, match="garbage.safetensors"):
         t.load(tmp_path / "garbage.safetensors")
-    other = LocalTrainer(tiny_config("model.generator_channels=[4,8,16]"), DATA.train, planned_steps=4)
+    other = LocalTrainer(
+        tiny_config("model.generator_channels=[4,8,16]"), DATA.train, planned_steps=4
+    )
     with pytest.raises(CheckpointError, match="config hash"):
         other.load(path)
     with pytest.raises(CheckpointError, match="does not exist"):

@@ -42,7 +42,8 @@ def training_subjects(cfg: Config, sites: dict[str, list[str]]) -> list[str]:
         return [s for name in sorted(sites) for s in sites[name]]
     if cfg.train.site not in sites:
         raise ConfigError(
-            "train.site", f"{cfg.train.site!r} is not in the split; sites: {', '.join(sorted(sites))}"
+            "train.site",
+            f"{cfg.train.site!r} is not in the split; sites: {', '.join(sorted(sites))}",
         )
     return list(sites[cfg.train.site])
 
@@ -63,7 +64,9 @@ class CentralRun:
 
     def __init__(self, cfg: Config, run: RunDir, data: CentralData, device: str | None = None):
         self.cfg, self.run, self.data = cfg, run, data
-        self.trainer = LocalTrainer(cfg, data.train, planned_steps=cfg.train.steps, site=SITE, device=device)
+        self.trainer = LocalTrainer(
+            cfg, data.train, planned_steps=cfg.train.steps, site=SITE, device=device
+        )
         self.eval_idx = eval_indices(data.test, cfg.train.eval_slices, cfg.seed)
         from fedsynth.common.data.datasets import fixed_eval_slices
 

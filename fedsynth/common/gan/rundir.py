@@ -1,13 +1,13 @@
 """A training run directory: its layout, and the writers for its files.
 
-    RUN_DIR/
-      config.yaml          resolved configuration (what was run)
-      metrics.jsonl        one JSON line per evaluation: losses, epsilon so far, quality, time
-      privacy.json         what the accountant recorded (fedsynth.common.privacy.report)
-      checkpoints/         generator_<step>.safetensors (for synthesis) and
-                           state_<step>.safetensors (everything to resume), latest.json
-      samples/             step_<step>.png: label map | real | fake per contrast
-      plots/               losses.png, quality.png
+RUN_DIR/
+  config.yaml          resolved configuration (what was run)
+  metrics.jsonl        one JSON line per evaluation: losses, epsilon so far, quality, time
+  privacy.json         what the accountant recorded (fedsynth.common.privacy.report)
+  checkpoints/         generator_<step>.safetensors (for synthesis) and
+                       state_<step>.safetensors (everything to resume), latest.json
+  samples/             step_<step>.png: label map | real | fake per contrast
+  plots/               losses.png, quality.png
 """
 
 from __future__ import annotations

@@ -67,7 +67,9 @@ class StepReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+        return {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()
+        }
 
 
 @dataclass
@@ -79,7 +81,7 @@ class TrainerState:
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda if available else cpu."""
+    """ "auto" -> cuda if available else cpu."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -320,7 +322,8 @@ class LocalTrainer:
         meta, tensors = state.meta, state.tensors
         if meta.get("dp_enabled") != self.dp_enabled:
             raise CheckpointError(
-                path, f"saved with privacy.enabled={meta.get('dp_enabled')}, config says {self.dp_enabled}"
+                path,
+                f"saved with privacy.enabled={meta.get('dp_enabled')}, config says {self.dp_enabled}",
             )
         ckpt.load_module_state(self.generator, ckpt.unprefixed("generator", tensors), path)
         ckpt.load_module_state(self.discriminator, ckpt.unprefixed("discriminator", tensors), path)

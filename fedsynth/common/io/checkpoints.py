@@ -109,7 +109,8 @@ def load_module_state(module: nn.Module, tensors: Mapping[str, torch.Tensor], pa
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise CheckpointError(
-            path, f"keys do not match the network: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            path,
+            f"keys do not match the network: missing {missing[:5]}, unexpected {unexpected[:5]}",
         )
     for k, v in expected.items():
         if tuple(tensors[k].shape) != tuple(v.shape):
@@ -140,7 +141,10 @@ def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Te
                 tensors[f"state.{idx}.{name}"] = value
             else:
                 scalars[f"{idx}.{name}"] = value
-    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in sd["param_groups"]]
+    groups = [
+        {k: list(v) if isinstance(v, tuple) else v for k, v in g.items()}
+        for g in sd["param_groups"]
+    ]
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 

@@ -58,7 +58,9 @@ def image_quality(
     peak = data range 2; SSIM in [-1, 1].
     """
     if fake.shape != real.shape or fake.dim() != 4 or fake.shape[1] != len(MODALITIES):
-        raise ValueError(f"need two (B, 4, S, S) tensors, got {tuple(fake.shape)}, {tuple(real.shape)}")
+        raise ValueError(
+            f"need two (B, 4, S, S) tensors, got {tuple(fake.shape)}, {tuple(real.shape)}"
+        )
     mask = brain_mask(real) if mask is None else mask.bool()
     out: dict[str, dict[str, float]] = {}
     for c, name in enumerate(MODALITIES):

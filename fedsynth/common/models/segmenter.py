@@ -41,7 +41,8 @@ def build_segmenter(name: str, channels: Sequence[int]) -> nn.Module:
     """A freshly initialised segmenter ``name`` with U-Net widths ``channels`` (>= 2 levels)."""
     if name not in SEGMENTERS:
         raise ConfigError(
-            "benchmark.segmenter", f"unknown network {name!r}; valid: {', '.join(sorted(SEGMENTERS))}"
+            "benchmark.segmenter",
+            f"unknown network {name!r}; valid: {', '.join(sorted(SEGMENTERS))}",
         )
     if len(channels) < 2:
         raise ConfigError("benchmark.channels", f"need at least 2 levels, got {list(channels)}")

@@ -103,8 +103,6 @@ def write_privacy_json(
     sites: dict[str, SitePrivacy],
 ) -> dict[str, Any]:
     """Write ``privacy.json`` atomically and return what was written."""
-    report = privacy_report(
-        accountant=accountant, delta=delta, dp_enabled=dp_enabled, sites=sites
-    )
+    report = privacy_report(accountant=accountant, delta=delta, dp_enabled=dp_enabled, sites=sites)
     atomic_write_json(path, report)
     return report
