@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test test-slow bench lint format clean install
+.PHONY: demo test test-slow bench lint format clean install browser
 
 install: $(STAMP)
 
@@ -28,6 +28,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
+
+# Optional: headless Chromium for tests/test_report.py's browser test (skipped without it).
+# Not a prerequisite of `test`: it downloads ~100 MB and needs root and apt. Best effort: the
+# leading '-' and the fallback echo mean a machine without apt, root or network still builds.
+browser:
+	-@test -x /usr/bin/chromium || (command -v apt-get >/dev/null && apt-get install -y -q chromium) || echo "chromium not installed: the browser test will be skipped"
 
 test-slow: $(STAMP)
 	$(VENV)/bin/pytest -q -m slow

@@ -25,7 +25,11 @@ COMMANDS: tuple[str, ...] = (
     "train",
     "synthesize",
     "benchmark",
+    "audit",
+    "report",
     "demo",
+    "certs",
+    "site_check",
 )
 
 

@@ -1,0 +1,129 @@
+"""What the audit reads from a run directory: its config, its released generator, the slices
+of the patients that trained it (members, per site) and of the held-out patients (non-members).
+
+Members follow the run's config and split: a central run trained on every site's training
+patients (train.site "all") or on one site's; a federated run (``server_state.json``
+present) on the sites named in its ``privacy.json`` (every split site if that is absent).
+Non-members are ``split.test``: patients no site ever trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedsynth.common.config import Config, config_from_dict
+from fedsynth.common.errors import CheckpointError, ConfigError, DataError
+
+FEDERATED_STATE = "server_state.json"  # written by the federated server only
+FEDERATED_GENERATOR = "generator.safetensors"  # the server's copy of its newest round
+_SITE = re.compile(r"^site-\d+$")
+
+
+@dataclass
+class AuditInputs:
+    """cfg: the run's config. generator: fedsynth.synthesis.generator_io.LoadedGenerator.
+    members: site -> SliceCache of that site's training patients. heldout: SliceCache of
+    split.test. federated: the run came from ``fedsynth simulate``."""
+
+    run_dir: Path
+    cfg: Config
+    generator: Any
+    members: dict[str, Any]
+    heldout: Any
+    federated: bool
+    privacy: dict[str, Any] = field(default_factory=dict)
+
+
+def read_run_config(run_dir: Path) -> Config:
+    """The run's config.yaml as a Config; ConfigError naming the file if absent or invalid."""
+    from omegaconf import OmegaConf
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(str(path), "missing: RUN_DIR must be a fedsynth training run directory")
+    try:
+        return config_from_dict(OmegaConf.to_container(OmegaConf.load(path)))  # type: ignore[arg-type]
+    except ConfigError as e:
+        raise ConfigError(str(path), f"invalid run config: {e}") from e
+    except Exception as e:  # YAML errors come in several types
+        raise ConfigError(str(path), f"unreadable run config: {e}") from e
+
+
+def read_privacy(run_dir: Path) -> dict[str, Any]:
+    """privacy.json as written by the trainer or server; {} when absent or unreadable."""
+    try:
+        return json.loads((Path(run_dir) / "privacy.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def released_generator(run_dir: Path) -> Path:
+    """The generator a run releases: the server's generator.safetensors, else the checkpoint
+    named by checkpoints/latest.json, else the newest generator_*.safetensors."""
+    ckpts = Path(run_dir) / "checkpoints"
+    if (ckpts / FEDERATED_GENERATOR).is_file():
+        return ckpts / FEDERATED_GENERATOR
+    try:
+        named = ckpts / json.loads((ckpts / "latest.json").read_text())["generator"]
+        if named.is_file():
+            return named
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    found = sorted(ckpts.glob("generator_*.safetensors"))
+    if not found:
+        raise CheckpointError(ckpts, "no generator checkpoint in this run directory to audit")
+    return found[-1]
+
+
+def is_federated(run_dir: Path) -> bool:
+    return (Path(run_dir) / FEDERATED_STATE).is_file()
+
+
+def trained_sites(
+    cfg: Config, sites: dict[str, list[str]], federated: bool, privacy: dict[str, Any]
+) -> list[str]:
+    """Names of the split sites whose training patients trained the generator."""
+    if federated:
+        named = sorted(s for s in privacy.get("sites", {}) if s in sites)
+        return named or sorted(sites)
+    if cfg.train.site == "all":
+        return sorted(sites)
+    if cfg.train.site not in sites:
+        raise ConfigError(
+            "train.site", f"{cfg.train.site!r} is not in the split; sites: {', '.join(sites)}"
+        )
+    return [cfg.train.site]
+
+
+def load_audit_inputs(run_dir: str | Path) -> AuditInputs:
+    """Everything the audit needs, from the run's files and its cohort's slice caches."""
+    from fedsynth.common.data.cache import site_slices
+    from fedsynth.common.data.cohort import load_split, resolve_cohort
+    from fedsynth.synthesis.generator_io import load_generator
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(run_dir, "run directory does not exist")
+    cfg = read_run_config(run_dir)
+    privacy = read_privacy(run_dir)
+    federated = is_federated(run_dir)
+    generator = load_generator(released_generator(run_dir), fallback=cfg)
+    split = load_split(resolve_cohort(cfg))
+    if not split.test:
+        raise DataError(run_dir, "the run's split has no held-out (test) patients to compare with")
+    members = {
+        site: site_slices(cfg, list(split.sites[site]), site)
+        for site in trained_sites(cfg, split.sites, federated, privacy)
+    }
+    heldout = site_slices(cfg, list(split.test), "test")
+    if generator.image_size != heldout.image_size:
+        raise CheckpointError(
+            generator.path,
+            f"generator makes {generator.image_size}-px slices but the run's cache has "
+            f"{heldout.image_size}-px slices (preprocess.image_size changed?)",
+        )
+    return AuditInputs(run_dir, cfg, generator, members, heldout, federated, privacy)
