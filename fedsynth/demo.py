@@ -87,10 +87,26 @@ def _synthesis(cfg: Config, out: Path) -> dict[str, Any]:
     }
 
 
+def _audit(cfg: Config, out: Path) -> dict[str, Any]:
+    from fedsynth.audit.writer import run_audit
+
+    result = run_audit(out / "federated", synthetic_dir=out / "synthetic", overwrite=True)
+    membership = result.report["membership"]["overall"]
+    return {"audit_dir": str(result.out), "membership_auc": membership["auc"]}
+
+
+def _report(cfg: Config, out: Path) -> dict[str, Any]:
+    from fedsynth.report.html import write_report
+
+    return {"report": str(write_report(out / "federated"))}
+
+
 STAGES: tuple[Stage, ...] = (
     Stage("cohort", "phantom cohort: build, validate, preview", _cohort),
     Stage("federated", "federated pix2pix training with DP (Flower simulation)", _federated),
     Stage("synthesis", "synthetic cohort from the federated generator", _synthesis),
+    Stage("audit", "privacy audit of the released generator", _audit),
+    Stage("report", "HTML report", _report),
 )
 
 
