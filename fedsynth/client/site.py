@@ -79,20 +79,21 @@ def load_site_data(cfg: Config, site: SiteIdentity) -> SliceCache:
     With ``data.strict`` an invalid case is a DataError naming every bad file (the site's
     rounds then fail with that message in the server log); otherwise it is skipped.
     """
-    from fedsynth.common.config import expand_path
     from fedsynth.common.data.brats import discover_cases
     from fedsynth.common.data.cache import build_slices, site_slices
 
     if site.data_path is None:
         return site_slices(cfg, simulated_subjects(cfg, site), site.name)
     # Deployment: the folder holds only this site's patients; no split, no manifest written.
+    # The slice cache is derived patient data: it stays in the site's own state dir, not
+    # where the server's config (data.cache_dir) would put it.
     subjects = [c.case_id for c in discover_cases(site.data_path)]
     return build_slices(
         cohort_dir=site.data_path,
         subjects=subjects,
         name=site.name,
         preprocess=cfg.preprocess,
-        cache_root=expand_path(cfg.data.cache_dir) / "slices",
+        cache_root=site.state_dir / "cache" / "slices",
         strict=cfg.data.strict,
         labels_optional=cfg.data.labels_optional,
     )

@@ -1,0 +1,1 @@
+"""Deployment helpers: certificates for the SuperLink and site keys, site self-checks."""
