@@ -347,3 +347,26 @@ def test_resume_continues_and_sites_refuse_beyond_their_budget(tmp_path, shared_
     assert all(r["steps_total"] == cfg.federation.local_steps for r in round2)
     final = _latest_generator(run_dir)
     assert all(np.array_equal(final[k], first[k]) for k in first)  # nothing to aggregate
+
+
+def test_site_ceiling_refuses_a_server_asking_for_more_privacy(tmp_path):
+    from fedsynth.client.site import check_site_policy, identify_site
+
+    node = {
+        "data-path": str(tmp_path),
+        "site-name": "site-a",
+        "max-epsilon": 5.0,
+        "max-delta": 1e-5,
+    }
+    site = identify_site(node, None)
+    assert (site.max_epsilon, site.max_delta) == (5.0, 1e-5)
+    check_site_policy(load_config(None, ["privacy.target_epsilon=5", "privacy.delta=1e-6"]), site)
+    for over, key in [
+        ("privacy.target_epsilon=8", "privacy.target_epsilon"),
+        ("privacy.enabled=false", "privacy.enabled"),
+        ("privacy.delta=1e-4", "privacy.delta"),
+    ]:
+        with pytest.raises(ConfigError, match=key):
+            check_site_policy(load_config(None, ["privacy.target_epsilon=5", over]), site)
+    with pytest.raises(ConfigError, match="max-epsilon"):
+        identify_site({**node, "max-epsilon": "lots"}, None)

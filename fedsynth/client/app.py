@@ -30,7 +30,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedsynth.client.site import SiteIdentity, identify_site, load_site_data
+from fedsynth.client.site import SiteIdentity, check_site_policy, identify_site, load_site_data
 from fedsynth.common.config import Config, config_from_dict, config_to_yaml
 from fedsynth.common.errors import ConfigError, FedsynthError, PrivacyBudgetError
 
@@ -209,6 +209,7 @@ def stored_reply(site: SiteIdentity, req: TrainRequest) -> RecordDict | None:
 
 def train_round(site: SiteIdentity, req: TrainRequest) -> RecordDict:
     """One round at ``site`` (see the module docstring)."""
+    check_site_policy(req.cfg, site)
     site.state_dir.mkdir(parents=True, exist_ok=True)
     again = stored_reply(site, req)
     if again is not None:

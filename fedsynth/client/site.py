@@ -5,8 +5,11 @@ Simulation (Flower's simulation engine): ``context.node_config`` is
 (``fedsynth.common.data.cohort``), its state dir ``<run dir>/sites/site-<i>/state``.
 
 Deployment (a real SuperNode): ``--node-config 'data-path="/data/brats" state-dir="/var/lib/
-fedsynth" site-name="site-2"'``: ``data-path`` is a BraTS cohort folder holding only this
-site's patients, ``state-dir`` persists the discriminator, optimisers and privacy accountant.
+fedsynth" site-name="site-2" max-epsilon=10 max-delta=1e-5'``: ``data-path`` is a BraTS
+cohort folder holding only this site's patients, ``state-dir`` persists the discriminator,
+optimisers and privacy accountant. ``max-epsilon`` / ``max-delta`` are the site's OWN privacy
+ceiling: the privacy settings arrive from the server with each round, and a site that set a
+ceiling refuses to train for a server that asks for more (or for no DP at all).
 
 The site's data is validated when its slice cache is built, before its first round
 (``data.strict``: any invalid case is an error that fails the site's rounds; otherwise invalid
@@ -44,6 +47,8 @@ class SiteIdentity:
     index: int
     state_dir: Path
     data_path: Path | None
+    max_epsilon: float | None = None  # the site's own privacy ceiling (node config)
+    max_delta: float | None = None
 
 
 def identify_site(node_config: dict[str, Any], run_dir: str | Path | None) -> SiteIdentity:
@@ -70,7 +75,52 @@ def _deployed_site(node_config: dict[str, Any]) -> SiteIdentity:
     match = _SITE_INDEX.match(name)
     default_state = Path("~/.local/state/fedsynth").expanduser() / name
     state_dir = Path(str(node_config.get("state-dir") or default_state)).expanduser()
-    return SiteIdentity(name, int(match.group(1)) if match else -1, state_dir, data_path)
+    index = int(match.group(1)) if match else -1
+    return SiteIdentity(
+        name,
+        index,
+        state_dir,
+        data_path,
+        max_epsilon=_positive(node_config, "max-epsilon"),
+        max_delta=_positive(node_config, "max-delta"),
+    )
+
+
+def _positive(node_config: dict[str, Any], key: str) -> float | None:
+    if key not in node_config:
+        return None
+    try:
+        value = float(node_config[key])
+    except (TypeError, ValueError):
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(
+            f"node-config {key}", f"must be a positive number, got {node_config[key]!r}"
+        )
+    return value
+
+
+def check_site_policy(cfg: Config, site: SiteIdentity) -> None:
+    """Refuse a server config that would spend more privacy than the site's own ceiling."""
+    p = cfg.privacy
+    if site.max_epsilon is not None:
+        if not p.enabled:
+            raise ConfigError(
+                "privacy.enabled",
+                f"site {site.name} requires differential privacy (max-epsilon="
+                f"{site.max_epsilon:g}) but the server's config disables it",
+            )
+        if p.target_epsilon > site.max_epsilon:
+            raise ConfigError(
+                "privacy.target_epsilon",
+                f"the server asks for {p.target_epsilon:g}, above site {site.name}'s "
+                f"max-epsilon={site.max_epsilon:g}",
+            )
+    if site.max_delta is not None and p.delta > site.max_delta:
+        raise ConfigError(
+            "privacy.delta",
+            f"the server asks for {p.delta:g}, above site {site.name}'s max-delta={site.max_delta:g}",
+        )
 
 
 def load_site_data(cfg: Config, site: SiteIdentity) -> SliceCache:
