@@ -27,6 +27,7 @@ COMMANDS: tuple[str, ...] = (
     "benchmark",
     "audit",
     "report",
+    "privacy_sweep",
     "demo",
     "certs",
     "site_check",
@@ -50,9 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse a command line; ``key=value`` overrides may come before or after options."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse binds `key=value ...` to the positional before options only; overrides given
+    # after --out etc. (the documented form: CONFIG --out DIR key=value) arrive here.
+    if extra:
+        if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
