@@ -61,20 +61,29 @@ def _fresh(ctx: ArmContext, seed: int) -> nn.Module:
     return build_segmenter(ctx.cfg.benchmark.segmenter, ctx.cfg.benchmark.channels)
 
 
-def _score(ctx: ArmContext, arm: str, site: str, seed: int, model: nn.Module, losses: list[float]) -> ArmOutcome:
-    scores, preds = evaluate(model, ctx.data.test, ctx.device, keep=ctx.cfg.benchmark.overlay_patients)
+def _score(
+    ctx: ArmContext, arm: str, site: str, seed: int, model: nn.Module, losses: list[float]
+) -> ArmOutcome:
+    scores, preds = evaluate(
+        model, ctx.data.test, ctx.device, keep=ctx.cfg.benchmark.overlay_patients
+    )
     return ArmOutcome(arm, site, seed, scores, preds, losses)
 
 
-def _train_and_score(ctx: ArmContext, arm: str, site: str, seed: int, caches: list[SliceCache]) -> ArmOutcome:
+def _train_and_score(
+    ctx: ArmContext, arm: str, site: str, seed: int, caches: list[SliceCache]
+) -> ArmOutcome:
     model = _fresh(ctx, seed)
     settings = TrainSettings.from_config(ctx.cfg.benchmark, _stream(seed, arm, site))
-    losses = train_segmenter(model, caches, settings, ctx.device, f"{arm} {site} s{seed}", ctx.progress)
+    losses = train_segmenter(
+        model, caches, settings, ctx.device, f"{arm} {site} s{seed}", ctx.progress
+    )
     return _score(ctx, arm, site, seed, model, losses)
 
 
 def _synthetic(ctx: ArmContext) -> SliceCache:
-    assert ctx.data.synthetic is not None  # load_benchmark_data guarantees it for these arms
+    if ctx.data.synthetic is None:  # load_benchmark_data loads it whenever these arms run
+        raise ValueError("this arm needs the synthetic cohort, which was not loaded")
     return ctx.data.synthetic
 
 
@@ -88,7 +97,10 @@ def run_pooled(ctx: ArmContext, seed: int) -> list[ArmOutcome]:
 
 def run_local_synthetic(ctx: ArmContext, seed: int) -> list[ArmOutcome]:
     syn = _synthetic(ctx)
-    return [_train_and_score(ctx, "local+synthetic", s, seed, [c, syn]) for s, c in ctx.data.sites.items()]
+    return [
+        _train_and_score(ctx, "local+synthetic", s, seed, [c, syn])
+        for s, c in ctx.data.sites.items()
+    ]
 
 
 def _pretrained(ctx: ArmContext, seed: int) -> tuple[nn.Module, list[float]]:
@@ -96,8 +108,12 @@ def _pretrained(ctx: ArmContext, seed: int) -> tuple[nn.Module, list[float]]:
     model = _fresh(ctx, seed)
     losses: list[float] = []
     if seed not in ctx.pretrained:
-        settings = TrainSettings.from_config(ctx.cfg.benchmark, _stream(seed, "synthetic", ALL_SITES))
-        losses = train_segmenter(model, [_synthetic(ctx)], settings, ctx.device, f"synthetic s{seed}", ctx.progress)
+        settings = TrainSettings.from_config(
+            ctx.cfg.benchmark, _stream(seed, "synthetic", ALL_SITES)
+        )
+        losses = train_segmenter(
+            model, [_synthetic(ctx)], settings, ctx.device, f"synthetic s{seed}", ctx.progress
+        )
         ctx.pretrained[seed] = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(ctx.pretrained[seed])
     return model, losses
@@ -113,8 +129,12 @@ def run_finetune(ctx: ArmContext, seed: int) -> list[ArmOutcome]:
     out = []
     for site, cache in ctx.data.sites.items():
         model, _ = _pretrained(ctx, seed)
-        settings = TrainSettings.from_config(b, _stream(seed, arm, site), steps=b.finetune_steps, lr=b.finetune_lr)
-        losses = train_segmenter(model, [cache], settings, ctx.device, f"finetune {site} s{seed}", ctx.progress)
+        settings = TrainSettings.from_config(
+            b, _stream(seed, arm, site), steps=b.finetune_steps, lr=b.finetune_lr
+        )
+        losses = train_segmenter(
+            model, [cache], settings, ctx.device, f"finetune {site} s{seed}", ctx.progress
+        )
         out.append(_score(ctx, arm, site, seed, model, losses))
     return out
 

@@ -59,7 +59,9 @@ def synthetic_cohort(
     """The synthetic cohort folder: ``synthetic`` as given, or synthesised from ``checkpoint``
     into ``out_dir/synthetic`` (``benchmark.synthetic_cases`` cases; reused if already there)."""
     if synthetic is not None and checkpoint is not None:
-        raise ConfigError("--synthetic", "give either --synthetic DIR or --checkpoint CKPT, not both")
+        raise ConfigError(
+            "--synthetic", "give either --synthetic DIR or --checkpoint CKPT, not both"
+        )
     if synthetic is not None:
         return Path(synthetic)
     if checkpoint is None:
@@ -74,7 +76,9 @@ def synthetic_cohort(
     return target
 
 
-def load_benchmark_data(cfg: Config, synthetic_dir: Path | None, need_synthetic: bool) -> BenchmarkData:
+def load_benchmark_data(
+    cfg: Config, synthetic_dir: Path | None, need_synthetic: bool
+) -> BenchmarkData:
     """Build or reuse the caches of every site, the test split and the synthetic cohort."""
     from fedsynth.common.data.cohort import load_split, resolve_cohort
 

@@ -18,7 +18,9 @@ from fedsynth.common.io.atomic import save_figure
 from fedsynth.common.metrics.segmentation import REGIONS
 
 # Label colours for overlays: necrotic/core, oedema, enhancing (RGBA).
-_LABEL_RGBA = np.array([[0, 0, 0, 0], [1.0, 0.2, 0.2, 0.6], [0.2, 0.9, 0.2, 0.45], [1.0, 0.9, 0.1, 0.7]])
+_LABEL_RGBA = np.array(
+    [[0, 0, 0, 0], [1.0, 0.2, 0.2, 0.6], [0.2, 0.9, 0.2, 0.45], [1.0, 0.9, 0.1, 0.7]]
+)
 
 
 def _pyplot():
@@ -38,8 +40,12 @@ def region_bars(rows: Sequence[Row], metric: str, path: Path) -> None:
     sites_of = {a: {str(r["site"]) for r in rows if r["arm"] == a} for a in arms}
     fig, axes = plt.subplots(1, len(REGIONS), figsize=(4 * len(REGIONS), 3.6), sharey=True)
     for ax, region in zip(axes, REGIONS, strict=True):
-        means, stds = zip(*(stats[(a, headline_site(a, sites_of), region, metric)][:2] for a in arms), strict=True)
-        ax.bar(range(len(arms)), means, yerr=stds, color=[f"C{i}" for i in range(len(arms))], capsize=3)
+        means, stds = zip(
+            *(stats[(a, headline_site(a, sites_of), region, metric)][:2] for a in arms), strict=True
+        )
+        ax.bar(
+            range(len(arms)), means, yerr=stds, color=[f"C{i}" for i in range(len(arms))], capsize=3
+        )
         ax.set_xticks(range(len(arms)), arms, rotation=35, ha="right", fontsize=8)
         ax.set_title(region)
     axes[0].set_ylabel(metric)
@@ -59,7 +65,15 @@ def site_gains(diffs: Sequence[Row], metric: str, region: str, path: Path) -> No
     width = 0.8 / max(1, len(arms))
     for i, arm in enumerate(arms):
         m, s = zip(*(value.get((arm, site), (np.nan, 0.0)) for site in sites), strict=True)
-        ax.bar(np.arange(len(sites)) + i * width, m, width, yerr=s, label=arm, color=f"C{i + 1}", capsize=2)
+        ax.bar(
+            np.arange(len(sites)) + i * width,
+            m,
+            width,
+            yerr=s,
+            label=arm,
+            color=f"C{i + 1}",
+            capsize=2,
+        )
     ax.axhline(0.0, color="k", lw=0.8)
     ax.set_xticks(np.arange(len(sites)) + width * (len(arms) - 1) / 2, sites)
     ax.set_ylabel(f"{metric} {region}: arm - local")
@@ -86,7 +100,8 @@ def overlays(test: SliceCache, outcomes: Sequence[ArmOutcome], out_dir: Path) ->
         k = int((truth > 0).sum(axis=(1, 2)).argmax())
         flair = np.asarray(test.images[start + k, 3])
         panels = [("truth", truth[k])] + [
-            (f"{a}" + ("" if o.site == ALL_SITES else f" ({o.site})"), o.predictions[subject][k]) for a, o in shown.items()
+            (f"{a}" + ("" if o.site == ALL_SITES else f" ({o.site})"), o.predictions[subject][k])
+            for a, o in shown.items()
         ]
         fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.5))
         for ax, (title, labels) in zip(np.atleast_1d(axes), panels, strict=True):

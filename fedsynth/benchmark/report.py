@@ -29,7 +29,9 @@ def markdown(rows: Sequence[Row], diffs: Sequence[Row], context: dict[str, objec
     """The whole report; ``context`` lines (config, sites, test patients...) go first."""
     stats = summary(rows)
     arms = list(dict.fromkeys(str(r["arm"]) for r in rows))
-    sites_of: dict[str, set[str]] = {a: {str(r["site"]) for r in rows if r["arm"] == a} for a in arms}
+    sites_of: dict[str, set[str]] = {
+        a: {str(r["site"]) for r in rows if r["arm"] == a} for a in arms
+    }
     sites = sorted({s for a in arms for s in sites_of[a]} - {ALL_SITES, MEAN_SITE})
     out = ["# Segmentation benchmark", ""]
     out += [f"- {k}: {v}" for k, v in context.items()] + [""]
@@ -70,7 +72,11 @@ def _differences(diffs: Sequence[Row], sites: list[str]) -> list[str]:
                 cells = []
                 for site in [*sites, MEAN_SITE]:
                     d = value.get((arm, site, region, metric))
-                    cells.append("" if d is None else _pm(float(d["mean_diff"]), float(d["std_diff"]), signed=True))  # type: ignore[arg-type]
+                    cells.append(
+                        ""
+                        if d is None
+                        else _pm(float(d["mean_diff"]), float(d["std_diff"]), signed=True)
+                    )  # type: ignore[arg-type]
                 body.append([arm, *cells])
             out += _table(["arm", *sites, "mean over sites"], body) + [""]
     return out

@@ -39,18 +39,40 @@ def result_rows(outcomes: Sequence[ArmOutcome]) -> list[Row]:
     for o in outcomes:
         for region, scores in o.scores.mean().items():
             for metric in METRICS:
-                rows.append({"arm": o.arm, "site": o.site, "seed": o.seed, "region": region, "metric": metric, "value": scores[metric]})
+                rows.append(
+                    {
+                        "arm": o.arm,
+                        "site": o.site,
+                        "seed": o.seed,
+                        "region": region,
+                        "metric": metric,
+                        "value": scores[metric],
+                    }
+                )
     by_key: dict[tuple, list[float]] = defaultdict(list)
     for r in rows:
         if r["site"] != ALL_SITES:
             by_key[(r["arm"], r["seed"], r["region"], r["metric"])].append(float(r["value"]))  # type: ignore[arg-type]
     for (arm, seed, region, metric), values in by_key.items():
-        rows.append({"arm": arm, "site": MEAN_SITE, "seed": seed, "region": region, "metric": metric, "value": float(np.mean(values))})
+        rows.append(
+            {
+                "arm": arm,
+                "site": MEAN_SITE,
+                "seed": seed,
+                "region": region,
+                "metric": metric,
+                "value": float(np.mean(values)),
+            }
+        )
     return rows
 
 
 def patient_rows(outcomes: Sequence[ArmOutcome]) -> list[Row]:
-    return [{"arm": o.arm, "site": o.site, "seed": o.seed, **r} for o in outcomes for r in o.scores.records]
+    return [
+        {"arm": o.arm, "site": o.site, "seed": o.seed, **r}
+        for o in outcomes
+        for r in o.scores.records
+    ]
 
 
 def _std(values: Sequence[float]) -> float:
@@ -61,14 +83,20 @@ def summary(rows: Iterable[Row]) -> dict[tuple[str, str, str, str], tuple[float,
     """(arm, site, region, metric) -> (mean over seeds, sample std over seeds, seeds)."""
     groups: dict[tuple[str, str, str, str], list[float]] = defaultdict(list)
     for r in rows:
-        groups[(str(r["arm"]), str(r["site"]), str(r["region"]), str(r["metric"]))].append(float(r["value"]))  # type: ignore[arg-type]
+        groups[(str(r["arm"]), str(r["site"]), str(r["region"]), str(r["metric"]))].append(
+            float(r["value"])
+        )  # type: ignore[arg-type]
     return {k: (float(np.mean(v)), _std(v), len(v)) for k, v in groups.items()}
 
 
 def paired_differences(rows: Sequence[Row]) -> list[Row]:
     """Arm minus local, paired by site and seed (see module docstring); [] without local."""
-    value = {(r["arm"], r["site"], r["seed"], r["region"], r["metric"]): float(r["value"]) for r in rows}  # type: ignore[arg-type]
-    local_sites = sorted({str(r["site"]) for r in rows if r["arm"] == "local" and r["site"] != MEAN_SITE})
+    value = {
+        (r["arm"], r["site"], r["seed"], r["region"], r["metric"]): float(r["value"]) for r in rows
+    }  # type: ignore[arg-type]
+    local_sites = sorted(
+        {str(r["site"]) for r in rows if r["arm"] == "local" and r["site"] != MEAN_SITE}
+    )
     seeds = sorted({int(r["seed"]) for r in rows if r["arm"] == "local"})  # type: ignore[call-overload]
     arms = [a for a in dict.fromkeys(str(r["arm"]) for r in rows) if a != "local"]
     out: list[Row] = []
@@ -79,7 +107,10 @@ def paired_differences(rows: Sequence[Row]) -> list[Row]:
                 for seed in seeds:
                     diffs = []
                     for site in local_sites:
-                        mine = value.get((arm, site, seed, region, metric), value.get((arm, ALL_SITES, seed, region, metric)))
+                        mine = value.get(
+                            (arm, site, seed, region, metric),
+                            value.get((arm, ALL_SITES, seed, region, metric)),
+                        )
                         if mine is None:
                             continue
                         diffs.append(mine - value[("local", site, seed, region, metric)])
@@ -87,7 +118,17 @@ def paired_differences(rows: Sequence[Row]) -> list[Row]:
                     if diffs:
                         per_site[MEAN_SITE].append(float(np.mean(diffs)))
                 for site, d in per_site.items():
-                    out.append({"arm": arm, "site": site, "region": region, "metric": metric, "mean_diff": float(np.mean(d)), "std_diff": _std(d), "n": len(d)})
+                    out.append(
+                        {
+                            "arm": arm,
+                            "site": site,
+                            "region": region,
+                            "metric": metric,
+                            "mean_diff": float(np.mean(d)),
+                            "std_diff": _std(d),
+                            "n": len(d),
+                        }
+                    )
     return out
 
 

@@ -84,7 +84,7 @@ def write_outputs(out, cfg, data, outcomes, syn_dir, seconds) -> tuple[list[Row]
     from fedsynth.benchmark import plots
     from fedsynth.benchmark.report import markdown
 
-    rows, diffs = result_rows(outcomes), None
+    rows = result_rows(outcomes)
     diffs = paired_differences(rows)
     write_csv(out / "results.csv", rows, RESULT_COLUMNS)
     write_csv(out / "per_patient.csv", patient_rows(outcomes), PATIENT_COLUMNS)
@@ -92,9 +92,13 @@ def write_outputs(out, cfg, data, outcomes, syn_dir, seconds) -> tuple[list[Row]
     context = {
         "config": f"{cfg.name} (seeds {cfg.seed}..{cfg.seed + cfg.benchmark.seeds - 1}, "
         f"{cfg.benchmark.steps} steps, batch {cfg.benchmark.batch_size}, {cfg.preprocess.image_size} px)",
-        "sites (training patients)": ", ".join(f"{s} ({len(c.patients)})" for s, c in data.sites.items()),
+        "sites (training patients)": ", ".join(
+            f"{s} ({len(c.patients)})" for s, c in data.sites.items()
+        ),
         "held-out test patients": len(data.test.patients),
-        "synthetic cohort": f"{syn_dir} ({len(data.synthetic.patients)} cases)" if data.synthetic else "none",
+        "synthetic cohort": f"{syn_dir} ({len(data.synthetic.patients)} cases)"
+        if data.synthetic
+        else "none",
         "wall time": f"{seconds:.0f} s",
     }
     atomic_write_text(out / "results.md", markdown(rows, diffs, context))

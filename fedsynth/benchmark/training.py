@@ -3,7 +3,8 @@
 Training draws ``batch_size`` slices per step from the union of the given caches (each slice
 equally likely, so a larger cache weighs more, as if the cohorts were pooled), a slice showing
 tumour with probability ``tumour_slice_prob``. Loss: Dice + cross-entropy (MONAI DiceCELoss)
-on the 4 labels. Prediction stacks a patient's slices (z order) into a (Z, S, S) volume.
+on the 4 labels. Prediction stacks a patient's slices (z order) into a (Z, S, S) volume, background outside
+the brain.
 """
 
 from __future__ import annotations
@@ -31,8 +32,16 @@ class TrainSettings:
     seed: int
 
     @classmethod
-    def from_config(cls, b: BenchmarkConfig, seed: int, steps: int | None = None, lr: float | None = None) -> TrainSettings:
-        return cls(steps if steps is not None else b.steps, b.batch_size, lr if lr is not None else b.lr, b.tumour_slice_prob, seed)
+    def from_config(
+        cls, b: BenchmarkConfig, seed: int, steps: int | None = None, lr: float | None = None
+    ) -> TrainSettings:
+        return cls(
+            steps if steps is not None else b.steps,
+            b.batch_size,
+            lr if lr is not None else b.lr,
+            b.tumour_slice_prob,
+            seed,
+        )
 
 
 class SlicePool:
@@ -50,7 +59,9 @@ class SlicePool:
     def __len__(self) -> int:
         return len(self.which)
 
-    def draw(self, n: int, tumour_prob: float, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(
+        self, n: int, tumour_prob: float, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """images float32 (n, 4, S, S) in [-1, 1], labels int64 (n, 1, S, S) in 0..3."""
         picks = rng.integers(len(self), size=n)
         if len(self.tumour):
@@ -98,14 +109,21 @@ def train_segmenter(
 
 
 @torch.inference_mode()
-def predict_patient(model: nn.Module, cache: SliceCache, patient: int, device: torch.device, batch_size: int = 32) -> np.ndarray:
-    """Predicted labels uint8 (Z, S, S) 0..3 of ``cache.patients[patient]``, slices in z order."""
+def predict_patient(
+    model: nn.Module, cache: SliceCache, patient: int, device: torch.device, batch_size: int = 32
+) -> np.ndarray:
+    """Predicted labels uint8 (Z, S, S) 0..3 of ``cache.patients[patient]``, slices in z order.
+
+    Pixels outside the brain (-1 in every contrast: skull-stripped input) are set to 0, as
+    BraTS volumes have no tumour outside the brain mask.
+    """
     model.to(device).eval()
     start, stop = (int(v) for v in cache.ranges[patient])
     out = []
     for i in range(start, stop, batch_size):
-        x = torch.from_numpy(np.asarray(cache.images[i : min(i + batch_size, stop)], np.float32))
-        out.append(model(x.to(device)).argmax(dim=1).to(torch.uint8).cpu().numpy())
+        x = torch.from_numpy(np.array(cache.images[i : min(i + batch_size, stop)], np.float32))
+        labels = model(x.to(device)).argmax(dim=1).to(torch.uint8).cpu().numpy()
+        out.append(np.where((x > -1.0).any(dim=1).numpy(), labels, 0).astype(np.uint8))
     return np.concatenate(out)
 
 

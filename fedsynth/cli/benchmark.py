@@ -23,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_args(p)
-    p.add_argument("--out", type=Path, required=True, help="run directory (results go to RUN_DIR/benchmark)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="run directory (results go to RUN_DIR/benchmark)"
+    )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--synthetic", type=Path, help="synthetic cohort folder (fedsynth synthesize)")
     src.add_argument("--checkpoint", type=Path, help="generator checkpoint to synthesise from")
@@ -45,7 +47,11 @@ def run(args: argparse.Namespace) -> int:
             raise OutputExistsError(out)
         shutil.rmtree(out)
     result = run_benchmark(
-        cfg, args.out, synthetic=args.synthetic, checkpoint=args.checkpoint, progress=not args.no_progress
+        cfg,
+        args.out,
+        synthetic=args.synthetic,
+        checkpoint=args.checkpoint,
+        progress=not args.no_progress,
     )
     print((result.out / "results.md").read_text())
     print(f"benchmark finished in {result.seconds:.0f} s; results in {result.out}")

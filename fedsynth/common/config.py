@@ -303,9 +303,13 @@ def _check_benchmark(b: BenchmarkConfig) -> None:
         if getattr(b, key) < 0:
             raise ConfigError(f"benchmark.{key}", f"must be >= 0, got {getattr(b, key)}")
     if not 1 <= b.fedavg_rounds <= b.steps:
-        raise ConfigError("benchmark.fedavg_rounds", f"must be in [1, benchmark.steps], got {b.fedavg_rounds}")
+        raise ConfigError(
+            "benchmark.fedavg_rounds", f"must be in [1, benchmark.steps], got {b.fedavg_rounds}"
+        )
     if not 0.0 <= b.tumour_slice_prob <= 1.0:
-        raise ConfigError("benchmark.tumour_slice_prob", f"must be in [0, 1], got {b.tumour_slice_prob}")
+        raise ConfigError(
+            "benchmark.tumour_slice_prob", f"must be in [0, 1], got {b.tumour_slice_prob}"
+        )
     if not b.channels or min(b.channels) <= 0:
         raise ConfigError("benchmark.channels", "must be a non-empty list of positive ints")
     if b.device not in ("auto", "cpu", "cuda"):

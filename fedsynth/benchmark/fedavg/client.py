@@ -32,7 +32,9 @@ class SegTrainRequest:
     def from_config_record(cls, config: ConfigRecord) -> SegTrainRequest:
         from omegaconf import OmegaConf
 
-        missing = [k for k in ("config-yaml", "seed", "local-steps", "server-round") if k not in config]
+        missing = [
+            k for k in ("config-yaml", "seed", "local-steps", "server-round") if k not in config
+        ]
         if missing:
             raise ConfigError(missing[0], "missing from the fedavg train message")
         raw: Any = OmegaConf.to_container(OmegaConf.create(str(config["config-yaml"])))
@@ -47,10 +49,14 @@ class SegTrainRequest:
 def site_of(node_config: dict[str, Any], sites: list[str]) -> tuple[int, str]:
     """(index, name) of this SuperNode's site from its ``partition-id``."""
     if "partition-id" not in node_config:
-        raise ConfigError("partition-id", "the fedavg arm runs in simulation: node_config needs partition-id")
+        raise ConfigError(
+            "partition-id", "the fedavg arm runs in simulation: node_config needs partition-id"
+        )
     index = int(node_config["partition-id"])
     if not 0 <= index < len(sites):
-        raise ConfigError("partition-id", f"{index} is not a site index (sites: {', '.join(sites)})")
+        raise ConfigError(
+            "partition-id", f"{index} is not a site index (sites: {', '.join(sites)})"
+        )
     return index, sites[index]
 
 

@@ -32,7 +32,9 @@ def train_fedavg(cfg: Config, seed: int, sites: int, work_dir: Path) -> nn.Modul
             backend_config=backend_config(cfg, ray_tmp),  # type: ignore[arg-type]
         )
     if not out.is_file():
-        raise FedsynthError(f"fedavg arm (seed {seed}): the Flower run ended without weights; see the log above")
+        raise FedsynthError(
+            f"fedavg arm (seed {seed}): the Flower run ended without weights; see the log above"
+        )
     ckpt = load_checkpoint(out, architecture=ARCHITECTURE)
     model = build_segmenter(cfg.benchmark.segmenter, cfg.benchmark.channels)
     load_module_state(model, ckpt.tensors, out)
