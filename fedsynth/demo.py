@@ -87,6 +87,13 @@ def _synthesis(cfg: Config, out: Path) -> dict[str, Any]:
     }
 
 
+def _benchmark(cfg: Config, out: Path) -> dict[str, Any]:
+    from fedsynth.benchmark.runner import run_benchmark
+
+    result = run_benchmark(cfg, out / "federated", synthetic=out / "synthetic")
+    return {"results": str(result.out / "results.md"), "table": str(result.out / "results.csv")}
+
+
 def _audit(cfg: Config, out: Path) -> dict[str, Any]:
     from fedsynth.audit.writer import run_audit
 
@@ -105,6 +112,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("cohort", "phantom cohort: build, validate, preview", _cohort),
     Stage("federated", "federated pix2pix training with DP (Flower simulation)", _federated),
     Stage("synthesis", "synthetic cohort from the federated generator", _synthesis),
+    Stage("benchmark", "segmentation benchmark against locally trained baselines", _benchmark),
     Stage("audit", "privacy audit of the released generator", _audit),
     Stage("report", "HTML report", _report),
 )

@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  privacy            {fed['privacy']}")
     print(f"  synthetic cohort   {summaries['synthesis']['cohort']}")
     print(f"  contact sheet      {summaries['synthesis']['contact_sheet']}")
+    print(f"  benchmark          {summaries['benchmark']['results']}")
     print(f"  audit              {summaries['audit']['audit_dir']}"
           f" (membership AUC {summaries['audit']['membership_auc']:.2f})")  # fmt: skip
     print(f"  report             {summaries['report']['report']}")
