@@ -7,13 +7,16 @@ import pytest
 from fedsynth.common.config import Config, config_from_dict, config_to_dict, load_config
 from fedsynth.common.errors import ConfigError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+SHIPPED = sorted([*CONFIGS.glob("*.yaml"), *(ROOT / "simulations").glob("*.yaml")])
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
-def test_shipped_configs_parse(name):
-    cfg = load_config(CONFIGS / name)
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_configs_parse(path):
+    cfg = load_config(path)
     assert isinstance(cfg, Config)
+    assert cfg.name == path.stem or path.parent.name == "configs"
 
 
 def test_overrides_are_typed_and_applied():
