@@ -370,3 +370,50 @@ def test_site_ceiling_refuses_a_server_asking_for_more_privacy(tmp_path):
             check_site_policy(load_config(None, ["privacy.target_epsilon=5", over]), site)
     with pytest.raises(ConfigError, match="max-epsilon"):
         identify_site({**node, "max-epsilon": "lots"}, None)
+
+
+def test_server_killed_mid_run_resumes_from_the_last_completed_round(tmp_path, shared_cache):
+    """SIGKILL the whole `fedsynth simulate` process group after round 1 is committed, then
+    `--resume`: rounds continue at 2, no round is recorded twice, and no site trained more
+    steps than the rounds it took part in (a repeated request is answered from its stored reply)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "run"
+    over = [f"data.cache_dir={shared_cache}", "federation.min_sites=2", "train.batch_size=1"]
+    cmd = [sys.executable, "-m", "fedsynth", "simulate", str(SMOKE), "--out", str(run_dir)]
+    cmd += [*over, "federation.rounds=3"]
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    state = run_dir / checkpointing.STATE_FILE
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if state.is_file() and json.loads(state.read_text())["round"] >= 1:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)  # the server and its Ray workers, mid-run
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    killed_at = json.loads(state.read_text())["round"]
+    assert 1 <= killed_at < 3
+
+    from fedsynth.cli import main
+
+    assert main(["simulate", "--resume", str(run_dir)]) == 0
+    rows = _read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["round"] for r in rows if r["kind"] == "round"] == [1, 2, 3]
+    sites = [r for r in rows if r["kind"] == "site" and r["status"] == "ok"]
+    local_steps = load_config(SMOKE).federation.local_steps
+    for site in {r["site"] for r in sites}:
+        rounds = sorted(r["round"] for r in sites if r["site"] == site)
+        assert len(rounds) == len(set(rounds)), f"{site} recorded a round twice"
+        last = max((r for r in sites if r["site"] == site), key=lambda r: r["round"])
+        assert last["steps_total"] <= local_steps * len(rounds)
+    assert json.loads(state.read_text())["round"] == 3
