@@ -13,7 +13,8 @@ from pathlib import Path
 
 from fedsynth.common.errors import DataError
 from fedsynth.common.io.atomic import atomic_write_text
-from fedsynth.report.sections import Section, esc, run_sections
+from fedsynth.report.markdown import to_html
+from fedsynth.report.sections import Section, esc, img, run_sections
 
 REPORT_FILE = "report.html"
 
@@ -49,9 +50,10 @@ def render_run(run: Path, key: str) -> str:
     return f'<article id="{esc(key)}"><h1>Run {esc(run.name)}</h1><p>{esc(run.resolve())}</p><nav>{nav}</nav>{body}</article>'
 
 
-def render_page(runs: Sequence[str | Path], title: str | None = None) -> str:
+def render_page(runs: Sequence[str | Path], title: str | None = None, preface: str = "") -> str:
     """The whole page for ``runs`` (one or more run directories), in the given order.
 
+    ``preface``: HTML placed before the runs (a sweep's comparison table and plots).
     DataError naming the folder if a run directory does not exist."""
     paths = [Path(r) for r in runs]
     if not paths:
@@ -65,7 +67,8 @@ def render_page(runs: Sequence[str | Path], title: str | None = None) -> str:
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
-        f"<header><p>{esc(title)}; generated {esc(stamp)}</p></header>{blocks}</body></html>\n"
+        f"<header><p>{esc(title)}; generated {esc(stamp)}</p></header>{preface}{blocks}"
+        "</body></html>\n"
     )
 
 
@@ -80,6 +83,12 @@ def write_report(run: str | Path, out: str | Path | None = None) -> Path:
 def write_sweep_report(
     runs: Sequence[str | Path], out: str | Path, title: str | None = None
 ) -> Path:
-    """Write one page for several runs to ``out`` atomically."""
-    atomic_write_text(out, render_page(runs, title))
+    """Write one page for several runs to ``out`` atomically; a sweep directory's sweep.md
+    and plots/ (next to ``out``) open the page."""
+    folder = Path(out).parent
+    preface = ""
+    if (folder / "sweep.md").is_file():
+        plots = [img(p, p.name) for p in sorted((folder / "plots").glob("*.png"))]
+        preface = f'<article id="sweep">{to_html((folder / "sweep.md").read_text(), 0)}{"".join(plots)}</article>'
+    atomic_write_text(out, render_page(runs, title, preface))
     return Path(out)

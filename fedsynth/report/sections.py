@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedsynth.report.markdown import to_html
+
 log = logging.getLogger(__name__)
 
 SECTION_IDS = ("config", "sites", "privacy", "training", "samples", "benchmark", "audit")
@@ -202,8 +204,7 @@ def benchmark_section(run: Path) -> Section:
         )
     parts = []
     if (folder / "results.md").is_file():
-        parts.append("<details open><summary>results.md</summary>"
-                     f"<pre>{esc((folder / 'results.md').read_text())}</pre></details>")  # fmt: skip
+        parts.append(to_html((folder / "results.md").read_text()))
     if (folder / "results.csv").is_file():
         parts.append(
             "<details><summary>results.csv</summary>"
