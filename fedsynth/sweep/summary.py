@@ -144,6 +144,7 @@ def plot_quality_and_leakage(rows, path: Path) -> None:
         ax.set_xlabel("epsilon per patient")
         ax.set_title(title)
     axes[2].axhline(0.5, color="k", ls="--", lw=1)
+    axes[2].set_ylim(0.0, 1.0)  # the full range: small differences around 0.5 are noise here
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)
