@@ -84,7 +84,7 @@ def _config(base: str, out: Path, *overrides: str):
 def _simulate(cfg, run_dir: Path) -> float:
     import shutil
 
-    from fedsynth.cli.simulate import simulate
+    from fedsynth.simulation import simulate
 
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()

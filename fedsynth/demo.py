@@ -56,7 +56,7 @@ def _cohort(cfg: Config, out: Path) -> dict[str, Any]:
 
 
 def _federated(cfg: Config, out: Path) -> dict[str, Any]:
-    from fedsynth.cli.simulate import simulate
+    from fedsynth.simulation import simulate
 
     run_dir = out / "federated"
     done = simulate(cfg, run_dir)  # resumes from the last completed round if interrupted

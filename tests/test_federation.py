@@ -279,7 +279,7 @@ def _one_corrupt_case(cfg, site: str) -> Iterator[str]:
 
 def test_simulation_three_sites_one_broken(tmp_path, shared_cache):
     """3 sites x 2 rounds: site-2 has a corrupted case and fails; the others carry on."""
-    from fedsynth.cli.simulate import simulate
+    from fedsynth.simulation import simulate
 
     cfg = _sim_config(shared_cache)
     run_dir = tmp_path / "run"
@@ -326,7 +326,8 @@ def test_resume_continues_and_sites_refuse_beyond_their_budget(tmp_path, shared_
     the server continues at round 2 and every site declines (budget spent); no crash."""
     import argparse
 
-    from fedsynth.cli.simulate import resolve_run, simulate
+    from fedsynth.cli.simulate import resolve_run
+    from fedsynth.simulation import simulate
 
     cfg = _sim_config(shared_cache, "federation.rounds=1")
     run_dir = tmp_path / "run"

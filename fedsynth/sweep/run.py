@@ -87,7 +87,7 @@ def run_budget(cfg: Config, epsilon: float, out: Path) -> dict[str, Any]:
     """Federated training, synthesis, synthetic arms and audit at one budget."""
     from fedsynth.audit.writer import run_audit
     from fedsynth.benchmark.runner import run_benchmark
-    from fedsynth.cli.simulate import simulate
+    from fedsynth.simulation import simulate
     from fedsynth.synthesis.generate import synthesize
 
     run_dir = out / f"eps-{label(epsilon)}"
