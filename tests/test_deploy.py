@@ -104,6 +104,17 @@ def test_node_config_string_is_what_flower_parses():
     }
     with pytest.raises(ConfigError, match="node-config"):
         node_config_string(Path("/a'b\"c"), Path("/s"), "x")
+    ceiling = node_config_string(Path("/d"), Path("/s"), "site-1", max_epsilon=8.0)
+    assert parse_config_args([ceiling])["max-epsilon"] == 8.0
+
+
+def test_site_check_compares_the_config_with_the_site_ceiling(tmp_path):
+    from fedsynth.deploy.site_check import check_privacy_ceiling
+
+    cfg = load_config(SMOKE, ["privacy.target_epsilon=10"])
+    assert "within this site's max-epsilon=10" in check_privacy_ceiling(cfg, "s", tmp_path, 10.0)
+    with pytest.raises(ConfigError, match="privacy.target_epsilon"):
+        check_privacy_ceiling(cfg, "s", tmp_path, 5.0)
 
 
 # --------------------------------------------------------------------------- phantom sites

@@ -34,6 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--root-certificates", type=Path, help="CA bundle of the SuperLink")
     p.add_argument("--auth-key", type=Path, help="SuperNode authentication private key")
     p.add_argument("--superlink", metavar="HOST:PORT", help="also try a TLS handshake")
+    p.add_argument(
+        "--max-epsilon",
+        type=float,
+        help="this site's own privacy ceiling (node config max-epsilon): check the config against it",
+    )
     p.set_defaults(func=run)
 
 
@@ -54,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         root_certificates=args.root_certificates,
         auth_key=args.auth_key,
         superlink=args.superlink,
+        max_epsilon=args.max_epsilon,
     )
     for check in report.checks:
         print(f"{'OK  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")

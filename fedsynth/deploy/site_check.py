@@ -57,7 +57,9 @@ class SiteReport:
             self.checks.append(Check(name, False, str(e)))
 
 
-def node_config_string(data_path: Path, state_dir: Path, site_name: str) -> str:
+def node_config_string(
+    data_path: Path, state_dir: Path, site_name: str, max_epsilon: float | None = None
+) -> str:
     """The ``--node-config`` value for flower-supernode.
 
     Flower splits the value with a regex that allows no escaped quotes, so each value is a
@@ -72,7 +74,20 @@ def node_config_string(data_path: Path, state_dir: Path, site_name: str) -> str:
             return f'"{text}"'
         raise ConfigError("node-config", f"{text!r}: a value cannot hold both ' and \" (or \\)")
 
-    return f"data-path={q(data_path)} state-dir={q(state_dir)} site-name={q(site_name)}"
+    text = f"data-path={q(data_path)} state-dir={q(state_dir)} site-name={q(site_name)}"
+    return text if max_epsilon is None else f"{text} max-epsilon={max_epsilon:g}"
+
+
+def check_privacy_ceiling(cfg: Config, site_name: str, data_path: Path, max_epsilon: float) -> str:
+    """Would this site, with its own ``max-epsilon``, accept the consortium's privacy settings?"""
+    from fedsynth.client.site import check_site_policy, identify_site
+
+    node = {"data-path": str(data_path), "site-name": site_name, "max-epsilon": max_epsilon}
+    check_site_policy(cfg, identify_site(node, None))
+    return (
+        f"the config asks for epsilon {cfg.privacy.target_epsilon:g} per patient at delta "
+        f"{cfg.privacy.delta:g}, within this site's max-epsilon={max_epsilon:g}"
+    )
 
 
 def check_state_dir(state_dir: Path) -> str:
@@ -158,13 +173,18 @@ def check_site(
     root_certificates: Path | None = None,
     auth_key: Path | None = None,
     superlink: str | None = None,
+    max_epsilon: float | None = None,
 ) -> SiteReport:
     """Every check of the module docstring; the report says which failed and why."""
     from fedsynth.deploy.certs import check_auth_key, check_root_certificate
 
     data_path, state_dir = data_path.expanduser().resolve(), state_dir.expanduser().resolve()
     report = SiteReport()
-    report.add("node config", lambda: node_config_string(data_path, state_dir, site_name))
+    report.add(
+        "node config", lambda: node_config_string(data_path, state_dir, site_name, max_epsilon)
+    )
+    if max_epsilon is not None:
+        report.add("privacy ceiling", check_privacy_ceiling, cfg, site_name, data_path, max_epsilon)
     report.add("state dir", check_state_dir, state_dir)
     report.add("site state", summarise_state, state_dir)
     report.add("data", check_data, cfg, data_path, state_dir, site_name)
