@@ -196,7 +196,7 @@ def make_dev_certificates(
         raise ConfigError("--server-host", f"{server_host!r} is not a host name or IP address")
     if (out / "ca.crt").exists() and not overwrite:
         raise OutputExistsError(out / "ca.crt")
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key, ca_cert = _build_ca(now)
     server_key, server_cert = _build_server(ca_key, ca_cert, server_host, now)
 
@@ -232,7 +232,7 @@ def check_root_certificate(path: str | Path) -> str:
         raise ConfigError(
             "root-certificates", f"{path}: not a readable PEM certificate ({e})"
         ) from e
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     expired = [c for c in certs if c.not_valid_after_utc < now]
     if expired:
         raise ConfigError(

@@ -8,7 +8,7 @@ one block per run; ``write_report(run)`` writes RUN_DIR/report.html atomically.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fedsynth.common.errors import DataError
@@ -62,7 +62,7 @@ def render_page(runs: Sequence[str | Path], title: str | None = None, preface: s
         if not p.is_dir():
             raise DataError(p, "run directory does not exist")
     title = title or ("fedsynth report: " + ", ".join(p.name for p in paths))
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     blocks = "".join(render_run(p, f"run{i}") for i, p in enumerate(paths))
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'

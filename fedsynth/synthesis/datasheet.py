@@ -123,7 +123,7 @@ def build_datasheet(
     return {
         "datasheet_version": DATASHEET_VERSION,
         "fedsynth_version": __version__,
-        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cases": len(provenance),
         "slices_generated": n_slices,
         "device": device,
