@@ -100,7 +100,7 @@ def in_process_seconds(cfg, site: str, steps: int, repeats: int) -> float:
     """Median time of ``steps`` local steps at ``site`` in this process, one torch thread."""
     import torch
 
-    from fedsynth.client.app import site_seed
+    from fedsynth.client.app import public_site_seed
     from fedsynth.client.site import SiteIdentity, load_site_data
     from fedsynth.common.gan.trainer import LocalTrainer
 
@@ -111,7 +111,7 @@ def in_process_seconds(cfg, site: str, steps: int, repeats: int) -> float:
         load_site_data(cfg, ident),
         planned_steps=(repeats + 1) * steps,
         site=site,
-        seed=site_seed(cfg, ident),
+        seed=public_site_seed(cfg, ident),
     )
     trainer.train_steps(1)  # warm-up
     times = [trainer.train_steps(steps).seconds for _ in range(repeats)]

@@ -5,8 +5,9 @@ server round, the run directory and the planned rounds) the site:
 
 1. resends its stored reply if it already answered this very request (same round, same
    global weights: a resumed server asking again), so a server restart costs no privacy;
-2. otherwise restores its trainer (discriminator, Adam states, privacy accountant, RNG
-   states) from its state dir, declines if ``local_steps`` more steps would exceed its
+2. otherwise refuses if its state dir was lost (``fedsynth.client.state``), restores its
+   trainer (discriminator, Adam states, privacy accountant, RNG states and the secret its DP
+   noise comes from) from its state dir, declines if ``local_steps`` more steps would exceed its
    privacy budget, trains ``federation.local_steps`` steps from the global generator with
    the same ``LocalTrainer`` as central training, and saves its state;
 3. replies with exactly one ArrayRecord (the generator's weights, nothing else) and one
@@ -30,6 +31,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedsynth.client import state as site_state
 from fedsynth.client.site import SiteIdentity, check_site_policy, identify_site, load_site_data
 from fedsynth.common.config import Config, config_from_dict, config_to_yaml
 from fedsynth.common.errors import ConfigError, FedsynthError, PrivacyBudgetError
@@ -39,8 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "trainer.safetensors"  # in the state dir: G, D, optimisers, accountant, RNGs
-REPLY_FILE = "last_reply.safetensors"  # the last reply sent, to resend it on a repeated request
+STATE_FILE = site_state.STATE_FILE
+REPLY_FILE = site_state.REPLY_FILE
 
 
 class SiteError(FedsynthError):
@@ -87,8 +89,10 @@ def weights_digest(weights: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def site_seed(cfg: Config, site: SiteIdentity) -> int:
-    """Each site its own sampling and noise seed, fixed by the config seed and the site name."""
+def public_site_seed(cfg: Config, site: SiteIdentity) -> int:
+    """A site's PUBLIC seed, from the config seed and the site name: used only without DP or
+    with ``privacy.insecure_reproducible_noise`` (anyone who knows the config can replay it).
+    With DP the trainer draws a secret instead (fedsynth.common.privacy.randomness)."""
     return (cfg.seed * 1_000_003 + zlib.crc32(site.name.encode())) % 2**31
 
 
@@ -111,7 +115,7 @@ def open_trainer(site: SiteIdentity, req: TrainRequest) -> LocalTrainer:
         cache,
         planned_steps=req.rounds * req.cfg.federation.local_steps,
         site=site.name,
-        seed=site_seed(req.cfg, site),
+        seed=public_site_seed(req.cfg, site),
     )
     if state.is_file():
         trainer.load(state)
@@ -126,6 +130,7 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 def save_trainer(site: SiteIdentity, trainer: LocalTrainer) -> None:
     state = site.state_dir / STATE_FILE
     trainer.save(state)
+    site_state.mark_trained(site)
     if _SESSION.get("trainer") is trainer:
         _SESSION["stamp"] = _stamp(state)
 
@@ -210,7 +215,7 @@ def stored_reply(site: SiteIdentity, req: TrainRequest) -> RecordDict | None:
 def train_round(site: SiteIdentity, req: TrainRequest) -> RecordDict:
     """One round at ``site`` (see the module docstring)."""
     check_site_policy(req.cfg, site)
-    site.state_dir.mkdir(parents=True, exist_ok=True)
+    site_state.check_state(site, req.server_round)
     again = stored_reply(site, req)
     if again is not None:
         return again

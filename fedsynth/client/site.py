@@ -49,6 +49,12 @@ class SiteIdentity:
     data_path: Path | None
     max_epsilon: float | None = None  # the site's own privacy ceiling (node config)
     max_delta: float | None = None
+    forfeit_lost_state: bool = False  # node config forfeit-lost-state (fedsynth.client.state)
+
+    @property
+    def deployed(self) -> bool:
+        """A real SuperNode with its own data folder (not a simulated partition)."""
+        return self.data_path is not None
 
 
 def identify_site(node_config: dict[str, Any], run_dir: str | Path | None) -> SiteIdentity:
@@ -83,7 +89,18 @@ def _deployed_site(node_config: dict[str, Any]) -> SiteIdentity:
         data_path,
         max_epsilon=_positive(node_config, "max-epsilon"),
         max_delta=_positive(node_config, "max-delta"),
+        forfeit_lost_state=_flag(node_config, "forfeit-lost-state"),
     )
+
+
+def _flag(node_config: dict[str, Any], key: str) -> bool:
+    value = node_config.get(key, False)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0"):
+        raise ConfigError(f"node-config {key}", f"must be true or false, got {value!r}")
+    return text in ("true", "1")
 
 
 def _positive(node_config: dict[str, Any], key: str) -> float | None:
@@ -103,6 +120,12 @@ def _positive(node_config: dict[str, Any], key: str) -> float | None:
 def check_site_policy(cfg: Config, site: SiteIdentity) -> None:
     """Refuse a server config that would spend more privacy than the site's own ceiling."""
     p = cfg.privacy
+    if site.deployed and p.insecure_reproducible_noise:
+        raise ConfigError(
+            "privacy.insecure_reproducible_noise",
+            f"site {site.name} refuses: derives the DP noise from the public seed, so the "
+            "server could replay the site's training and remove the noise (simulation only)",
+        )
     if site.max_epsilon is not None:
         if not p.enabled:
             raise ConfigError(

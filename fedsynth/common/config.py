@@ -96,6 +96,11 @@ class PrivacyConfig:
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     accountant: str = "rdp"  # "rdp" | "prv"
+    # INSECURE, simulation only: derive the DP noise and patient sampling from the public
+    # seed (reproducible runs). Anyone who knows the config can then replay a site's training
+    # and subtract the noise: the DP guarantee does not hold against them. Refused by a
+    # deployed site; privacy.json, the datasheet and the report say so in words.
+    insecure_reproducible_noise: bool = False
 
 
 @dataclass

@@ -27,11 +27,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedsynth.client.state import REPLY_FILE, STATE_FILE
 from fedsynth.common.config import Config
 from fedsynth.common.errors import ConfigError, FedsynthError
-
-STATE_FILE = "trainer.safetensors"  # fedsynth.client.app.STATE_FILE
-REPLY_FILE = "last_reply.safetensors"  # fedsynth.client.app.REPLY_FILE
 
 
 @dataclass(frozen=True)

@@ -63,5 +63,6 @@ def write_federated_privacy(
         accountant=cfg.privacy.accountant,
         delta=cfg.privacy.delta,
         dp_enabled=cfg.privacy.enabled,
+        reproducible_noise=cfg.privacy.insecure_reproducible_noise,
         sites=entries,
     )

@@ -139,6 +139,7 @@ class CentralRun:
             accountant=p.accountant,
             delta=p.delta,
             dp_enabled=p.enabled,
+            reproducible_noise=p.insecure_reproducible_noise,
             sites={SITE: self.trainer.privacy()},
         )
 

@@ -7,6 +7,8 @@ Format (all keys always present)::
       "accountant": "rdp" | "prv",
       "delta": float,
       "dp_enabled": bool,
+      "reproducible_noise": bool,   # true: privacy.insecure_reproducible_noise (no guarantee
+                                    # against anyone who knows the config; statement says so)
       "sites": {site: {"epsilon": float | null, "noise_multiplier": float | null,
                        "step_noise_multiplier": float | null, "sample_rate": float,
                        "steps": int, "max_grad_norm": float | null,
@@ -30,6 +32,12 @@ from typing import Any
 from fedsynth.common.io.atomic import atomic_write_json
 
 NO_DP = "epsilon = infinity (no differential privacy)"
+REPRODUCIBLE_NOISE = (
+    "WARNING: privacy.insecure_reproducible_noise was on: the DP noise and the patient "
+    "sampling were derived from the public config seed, so anyone who knows the config (the "
+    "server included) can replay the training and remove the noise; the DP guarantee does "
+    "not hold against them."
+)
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,9 @@ def describe_epsilon(epsilon: float, delta: float) -> str:
     return f"epsilon = {epsilon:.3g} at delta = {delta:g}"
 
 
-def privacy_statement(sites: dict[str, SitePrivacy], delta: float, dp_enabled: bool) -> str:
+def privacy_statement(
+    sites: dict[str, SitePrivacy], delta: float, dp_enabled: bool, reproducible_noise: bool = False
+) -> str:
     """One line saying what was accounted, for people."""
     if not dp_enabled:
         return (
@@ -72,25 +82,34 @@ def privacy_statement(sites: dict[str, SitePrivacy], delta: float, dp_enabled: b
         )
     worst = max((s.epsilon for s in sites.values()), default=0.0)
     names = ", ".join(sorted(sites)) or "no site"
-    return (
+    statement = (
         f"Each training patient is protected by patient-level differential privacy with "
         f"{describe_epsilon(worst, delta)} (worst of: {names}); both the discriminator and "
         "the generator steps were DP-SGD on Poisson-sampled patients, one slice each."
     )
+    return f"{statement} {REPRODUCIBLE_NOISE}" if reproducible_noise else statement
 
 
 def privacy_report(
-    *, accountant: str, delta: float, dp_enabled: bool, sites: dict[str, SitePrivacy]
+    *,
+    accountant: str,
+    delta: float,
+    dp_enabled: bool,
+    sites: dict[str, SitePrivacy],
+    reproducible_noise: bool = False,
 ) -> dict[str, Any]:
+    """``reproducible_noise``: privacy.insecure_reproducible_noise was on (see the statement)."""
     worst = max((s.epsilon for s in sites.values()), default=0.0) if dp_enabled else math.inf
+    reproducible_noise = reproducible_noise and dp_enabled
     return {
         "unit": "patient",
         "accountant": accountant,
         "delta": delta,
         "dp_enabled": dp_enabled,
+        "reproducible_noise": reproducible_noise,
         "sites": {name: s.to_json() for name, s in sorted(sites.items())},
         "worst_epsilon": worst if math.isfinite(worst) else None,
-        "statement": privacy_statement(sites, delta, dp_enabled),
+        "statement": privacy_statement(sites, delta, dp_enabled, reproducible_noise),
     }
 
 
@@ -101,8 +120,12 @@ def write_privacy_json(
     delta: float,
     dp_enabled: bool,
     sites: dict[str, SitePrivacy],
+    reproducible_noise: bool = False,
 ) -> dict[str, Any]:
     """Write ``privacy.json`` atomically and return what was written."""
-    report = privacy_report(accountant=accountant, delta=delta, dp_enabled=dp_enabled, sites=sites)
+    report = privacy_report(
+        accountant=accountant, delta=delta, dp_enabled=dp_enabled, sites=sites,
+        reproducible_noise=reproducible_noise,
+    )  # fmt: skip
     atomic_write_json(path, report)
     return report

@@ -1,0 +1,118 @@
+"""The site's state dir: what it holds, and the refusal to train when it was lost.
+
+Files (``SiteIdentity.state_dir``; none ever leaves the site):
+
+- ``trainer.safetensors``: G, D, both Adam states, the privacy accountant, the RNG states and
+  the secret the DP noise and patient sampling come from (fedsynth.common.privacy.randomness);
+- ``last_reply.safetensors``: the last reply sent, to resend it on a repeated request;
+- ``site.json``: the site record, written at the site's first contact of a run and updated
+  once its trainer state is first saved: ``{"first_round": int, "trained": bool}``.
+
+Why the record: a trainer without saved state starts with a new secret and an EMPTY
+accountant. After a lost state dir that would silently forget the privacy the site's patients
+already spent. So a site refuses to train from scratch when (a) its record says it saved a
+trainer state that is now missing, or (b) it has no record at all but the server is past
+round 1 (it took part before, or it joined late: it cannot tell). The operator decides:
+node config ``forfeit-lost-state=true`` starts afresh, accepting that the accountant no longer
+counts what the patients spent before (deployment); a simulation starts a new run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedsynth.client.site import SiteIdentity
+from fedsynth.common.errors import FedsynthError
+from fedsynth.common.io.atomic import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "trainer.safetensors"  # G, D, optimisers, accountant, RNG states, noise secret
+REPLY_FILE = "last_reply.safetensors"  # the last reply sent, to resend it on a repeated request
+RECORD_FILE = "site.json"  # the site record (see the module docstring)
+FORFEIT_KEY = "forfeit-lost-state"  # node config: start afresh after a lost state dir
+
+
+class LostStateError(FedsynthError):
+    """The site's trainer state (accountant, noise stream) is gone; training from scratch
+    would forget the privacy its patients already spent."""
+
+
+@dataclass(frozen=True)
+class SiteRecord:
+    first_round: int
+    trained: bool  # a trainer state was saved at least once
+
+
+def read_record(site: SiteIdentity) -> SiteRecord | None:
+    path = site.state_dir / RECORD_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return SiteRecord(int(data["first_round"]), bool(data["trained"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise LostStateError(
+            f"{path}: unreadable site record ({e}); restore it from a backup, or set "
+            f"{FORFEIT_KEY}=true in the node config to start this site afresh"
+        ) from e
+
+
+def write_record(site: SiteIdentity, record: SiteRecord) -> None:
+    atomic_write_json(
+        site.state_dir / RECORD_FILE,
+        {"first_round": record.first_round, "trained": record.trained},
+    )
+
+
+def check_state(site: SiteIdentity, server_round: int) -> None:
+    """Refuse (LostStateError) to train from scratch when the site's state was lost, unless
+    the node config says ``forfeit-lost-state=true``; write the site record at first contact."""
+    site.state_dir.mkdir(parents=True, exist_ok=True)
+    has_state = (site.state_dir / STATE_FILE).is_file()
+    record = read_record(site)
+    problem = None
+    if record is not None and record.trained and not has_state:
+        problem = (
+            f"its trainer state {site.state_dir / STATE_FILE} is missing although the site "
+            f"has saved one since round {record.first_round}"
+        )
+    elif record is None and not has_state and server_round > 1:
+        problem = (
+            f"the server is at round {server_round} but {site.state_dir} holds no site "
+            "state: if this site trained in an earlier round, its state was lost"
+        )
+    if problem is not None:
+        what = (
+            "the privacy accountant (what its patients already spent) and the DP noise "
+            "stream; training now would restart the accountant at zero"
+        )
+        if not site.forfeit_lost_state:
+            raise LostStateError(
+                f"site {site.name} refuses to train: {problem}. Lost: {what}. Restore the "
+                f"state dir, or (deployment) set {FORFEIT_KEY}=true in the node config to "
+                "start afresh, forfeiting the record of past spending; a simulation starts a "
+                "new run directory."
+            )
+        log.warning("site %s starts afresh (%s=true): %s", site.name, FORFEIT_KEY, problem)
+        record = None
+    if record is None:
+        write_record(site, SiteRecord(first_round=server_round, trained=has_state))
+
+
+def mark_trained(site: SiteIdentity) -> None:
+    """Record that a trainer state now exists (after its first save)."""
+    record = read_record(site)
+    if record is not None and not record.trained:
+        write_record(site, SiteRecord(record.first_round, trained=True))
+
+
+def state_path(site: SiteIdentity) -> Path:
+    return site.state_dir / STATE_FILE
+
+
+def reply_path(site: SiteIdentity) -> Path:
+    return site.state_dir / REPLY_FILE
