@@ -122,8 +122,105 @@ def test_a_restarted_site_continues_its_noise_stream_from_its_state_dir(tmp_path
 
 
 def test_deployed_site_refuses_reproducible_noise(tmp_path):
-    site = identify_site({"data-path": str(tmp_path), "site-name": "site-a"}, None)
+    node = {"data-path": str(tmp_path), "site-name": "site-a", "max-epsilon": 10, "max-delta": 1e-4}
+    site = identify_site(node, None)
     cfg = load_config(None, ["privacy.insecure_reproducible_noise=true"])
     with pytest.raises(ConfigError, match="insecure_reproducible_noise"):
         check_site_policy(cfg, site)
     check_site_policy(load_config(None), site)
+
+
+# --------------------------------------------------------------------------- the site's budget
+
+
+def test_the_budget_is_fixed_at_the_first_round(tmp_path, cache_dir):
+    cfg = _cfg(cache_dir)
+    run_dir = tmp_path / "run"
+    site = _site(run_dir)
+    client_app.train_round(site, _request(cfg, run_dir, server_round=1))
+    for over, key in [
+        ("privacy.target_epsilon=20", "privacy.target_epsilon"),
+        ("privacy.delta=1e-5", "privacy.delta"),
+        ("privacy.max_grad_norm=2", "privacy.max_grad_norm"),
+        ("train.batch_size=2", "train.batch_size"),  # the sample rate
+        ("privacy.enabled=false", "privacy.enabled"),
+    ]:
+        with pytest.raises(ConfigError, match=key):
+            client_app.train_round(site, _request(_cfg(cache_dir, over), run_dir, server_round=2))
+
+
+def test_a_deployed_site_needs_its_own_ceiling_and_consent_to_train_without_dp(tmp_path):
+    node = {"data-path": str(tmp_path), "site-name": "site-a"}
+    for missing in ("max-epsilon", "max-delta"):
+        ceiling = {"max-epsilon": 10, "max-delta": 1e-4}
+        del ceiling[missing]
+        with pytest.raises(ConfigError, match=missing):
+            check_site_policy(load_config(None), identify_site({**node, **ceiling}, None))
+    full = {**node, "max-epsilon": 10, "max-delta": 1e-4}
+    check_site_policy(load_config(None), identify_site(full, None))
+    no_dp = load_config(None, ["privacy.enabled=false"])
+    with pytest.raises(ConfigError, match="allow-no-dp"):
+        check_site_policy(no_dp, identify_site(full, None))
+    check_site_policy(no_dp, identify_site({**full, "allow-no-dp": "true"}, None))
+    with pytest.raises(ConfigError, match="allow-no-dp"):
+        identify_site({**full, "allow-no-dp": "maybe"}, None)
+
+
+# --------------------------------------------------------------------------- what leaves a site
+
+
+def _neighbouring_folders(cfg, root: Path) -> tuple[Path, Path]:
+    """Two BraTS folders with the same number of patients, differing in exactly one."""
+    import shutil
+
+    from fedsynth.common.data.cohort import load_split, resolve_cohort
+
+    cohort = resolve_cohort(cfg)
+    split = load_split(cohort)
+    mine, other = sorted(split.sites["site-0"]), sorted(split.sites["site-1"])
+    folders = []
+    for name, subjects in (("d", mine), ("d-prime", [*mine[:-1], other[0]])):
+        for subject in subjects:
+            shutil.copytree(cohort / subject, root / name / subject)
+        folders.append(root / name)
+    return folders[0], folders[1]
+
+
+def test_neighbouring_sites_replies_differ_only_in_the_noised_generator(tmp_path, cache_dir):
+    """The real ClientApp, fed a real train message, at two sites whose data differ in one
+    patient: after Flower's serialisation every metric is identical; only the generator
+    (DP-noised) differs. Also the exact set of keys a reply carries."""
+    import time
+
+    from flwr.app import Context, Message, Metadata, RecordDict
+    from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+
+    from fedsynth.common import wire
+
+    cfg = _cfg(cache_dir)
+    d, d_prime = _neighbouring_folders(cfg, tmp_path / "data")
+    weights = initial_generator(cfg)
+    config = wire.request_config(cfg, "", rounds=cfg.federation.rounds)
+    config[wire.SERVER_ROUND] = 1
+    replies = []
+    for i, folder in enumerate((d, d_prime)):
+        node = {"data-path": str(folder), "state-dir": str(tmp_path / f"state-{i}"),
+                "site-name": "site-0", "max-epsilon": 10.0, "max-delta": 1e-4}  # fmt: skip
+        content = RecordDict({wire.ARRAYS: wire.generator_record(weights), wire.CONFIG: config})
+        meta = Metadata(
+            run_id=1, message_id=f"m{i}", src_node_id=0, dst_node_id=1, reply_to_message_id="",
+            group_id="1", created_at=time.time(), ttl=3600.0, message_type="train",
+        )  # fmt: skip
+        msg = Message(content, metadata=meta)
+        reply = client_app.app(msg, Context(1, 1, node, RecordDict(), {}))
+        assert not reply.has_error(), reply.error
+        replies.append(recorddict_from_proto(recorddict_to_proto(reply.content)))
+    a, b = (r.metric_records[wire.METRICS] for r in replies)
+    assert set(a) == set(b) == set(wire.REPLY_METRICS)
+    assert dict(a) == dict(b)
+    assert set(replies[0]) == {wire.ARRAYS, wire.METRICS}
+    ga, gb = (wire.weights_of(r.array_records[wire.ARRAYS]) for r in replies)
+    assert set(ga) == set(weights) and _distance(ga, gb) > 0
+    for i in range(2):  # the data-dependent values stayed in the site's own log
+        log = (tmp_path / f"state-{i}" / client_app.LOG_FILE).read_text()
+        assert '"slices"' in log and '"loss_d"' in log

@@ -342,3 +342,50 @@ def test_state_dict_is_a_snapshot_not_a_view_of_live_tensors():
     trainer.train_steps(1)
     assert state.meta["steps_done"] == 1
     assert all(torch.equal(before[k], state.tensors[k]) for k in before)
+
+
+def test_accountants_come_from_a_registry_and_prv_calibrates_less_noise():
+    from fedsynth.common.privacy.registry import ACCOUNTANTS, build_accountant
+
+    assert set(ACCOUNTANTS) == {"rdp", "prv"}
+    with pytest.raises(ConfigError, match="privacy.accountant.*rdp, prv"):
+        build_accountant("gdp")
+    with pytest.raises(ConfigError, match="privacy.accountant"):
+        tiny_config("privacy.accountant=gdp")
+    kw = dict(target_epsilon=5.0, delta=1e-5, sample_rate=0.2, planned_steps=100)
+    rdp = calibrate_noise_multiplier(**kw, accountant="rdp")
+    prv = calibrate_noise_multiplier(**kw, accountant="prv")
+    assert prv < rdp  # the tighter accountant reaches the target with less noise
+    acc = PrivacyAccountant(kind="prv", delta=1e-5, target_epsilon=5.0)
+    acc.step(noise_multiplier=accounted_noise_multiplier(prv), sample_rate=0.2, steps=100)
+    assert 4.5 < acc.epsilon() <= 5.0 * 1.0001
+
+
+def test_privacy_json_reports_the_target_and_epsilon_under_both_accountants():
+    trainer = _trained(4)
+    report = privacy_report(accountant="rdp", delta=trainer.cfg.privacy.delta, dp_enabled=True,
+                            sites={"central": trainer.privacy()}, target_epsilon=50.0)  # fmt: skip
+    site = report["sites"]["central"]
+    by = site["epsilon_by_accountant"]
+    assert report["target_epsilon"] == 50.0 and report["accountant"] == "rdp"
+    assert by["rdp"] == pytest.approx(site["epsilon"]) and 0 < by["prv"] < by["rdp"]
+    assert report["worst_epsilon_by_accountant"] == by
+    json.dumps(report, allow_nan=False)
+
+
+def test_reproducible_noise_and_cohort_label_maps_are_stated_in_words(tmp_path):
+    from fedsynth.common.privacy.report import REPRODUCIBLE_NOISE
+    from fedsynth.report.sections import privacy_section as report_privacy
+    from fedsynth.synthesis.datasheet import privacy_section as datasheet_privacy
+
+    trainer = _trained(2, "privacy.insecure_reproducible_noise=true")
+    report = privacy_report(accountant="rdp", delta=1e-5, dp_enabled=True, reproducible_noise=True,
+                            sites={"central": trainer.privacy()})  # fmt: skip
+    assert report["reproducible_noise"] and REPRODUCIBLE_NOISE in report["statement"]
+    (tmp_path / "privacy.json").write_text(json.dumps(report))
+    assert "does not hold" in datasheet_privacy(tmp_path)["statement"]
+    (tmp_path / "config.yaml").write_text("synthesis:\n  label_source: cohort\n")
+    body = report_privacy(tmp_path).body
+    assert "does not hold" in body and "REAL patients' label maps" in body
+    (tmp_path / "config.yaml").write_text("synthesis:\n  label_source: atlas\n")
+    assert "REAL patients" not in report_privacy(tmp_path).body

@@ -39,6 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         help="this site's own privacy ceiling (node config max-epsilon): check the config against it",
     )
+    p.add_argument(
+        "--max-delta",
+        type=float,
+        help="this site's own delta ceiling (node config max-delta); both are required to train",
+    )
     p.set_defaults(func=run)
 
 
@@ -60,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         auth_key=args.auth_key,
         superlink=args.superlink,
         max_epsilon=args.max_epsilon,
+        max_delta=args.max_delta,
     )
     for check in report.checks:
         print(f"{'OK  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")

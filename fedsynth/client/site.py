@@ -8,8 +8,11 @@ Deployment (a real SuperNode): ``--node-config 'data-path="/data/brats" state-di
 fedsynth" site-name="site-2" max-epsilon=10 max-delta=1e-5'``: ``data-path`` is a BraTS
 cohort folder holding only this site's patients, ``state-dir`` persists the discriminator,
 optimisers and privacy accountant. ``max-epsilon`` / ``max-delta`` are the site's OWN privacy
-ceiling: the privacy settings arrive from the server with each round, and a site that set a
-ceiling refuses to train for a server that asks for more (or for no DP at all).
+ceiling and REQUIRED: the privacy settings arrive from the server with each round, and the site
+refuses to train for a server that asks for more. It refuses ``privacy.enabled=false`` unless
+its node config says ``allow-no-dp=true``. ``forfeit-lost-state=true``: see
+``fedsynth.client.state``. A simulated site has no node config of its own: the server's config
+is its budget (fixed at its first round, like every site's; the site log says so).
 
 The site's data is validated when its slice cache is built, before its first round
 (``data.strict``: any invalid case is an error that fails the site's rounds; otherwise invalid
@@ -50,6 +53,7 @@ class SiteIdentity:
     max_epsilon: float | None = None  # the site's own privacy ceiling (node config)
     max_delta: float | None = None
     forfeit_lost_state: bool = False  # node config forfeit-lost-state (fedsynth.client.state)
+    allow_no_dp: bool = False  # node config allow-no-dp: may train without DP if asked
 
     @property
     def deployed(self) -> bool:
@@ -90,6 +94,7 @@ def _deployed_site(node_config: dict[str, Any]) -> SiteIdentity:
         max_epsilon=_positive(node_config, "max-epsilon"),
         max_delta=_positive(node_config, "max-delta"),
         forfeit_lost_state=_flag(node_config, "forfeit-lost-state"),
+        allow_no_dp=_flag(node_config, "allow-no-dp"),
     )
 
 
@@ -118,27 +123,39 @@ def _positive(node_config: dict[str, Any], key: str) -> float | None:
 
 
 def check_site_policy(cfg: Config, site: SiteIdentity) -> None:
-    """Refuse a server config that would spend more privacy than the site's own ceiling."""
+    """Refuse a server config the site's own node config does not allow: no ceiling set
+    (deployment), more privacy spent than the ceiling, no DP without ``allow-no-dp=true``,
+    or the insecure reproducible noise (deployment)."""
     p = cfg.privacy
-    if site.deployed and p.insecure_reproducible_noise:
-        raise ConfigError(
-            "privacy.insecure_reproducible_noise",
-            f"site {site.name} refuses: derives the DP noise from the public seed, so the "
-            "server could replay the site's training and remove the noise (simulation only)",
-        )
-    if site.max_epsilon is not None:
-        if not p.enabled:
+    if site.deployed:
+        missing = [k for k, v in (("max-epsilon", site.max_epsilon), ("max-delta", site.max_delta))
+                   if v is None]  # fmt: skip
+        if missing:
+            raise ConfigError(
+                f"node-config {missing[0]}",
+                f"site {site.name} refuses to train without its own privacy ceiling: add "
+                "max-epsilon=<epsilon> max-delta=<delta> to the SuperNode's --node-config",
+            )
+        if p.insecure_reproducible_noise:
+            raise ConfigError(
+                "privacy.insecure_reproducible_noise",
+                f"site {site.name} refuses: derives the DP noise from the public seed, so the "
+                "server could replay the site's training and remove the noise (simulation only)",
+            )
+    if not p.enabled:
+        if site.deployed and not site.allow_no_dp:
             raise ConfigError(
                 "privacy.enabled",
-                f"site {site.name} requires differential privacy (max-epsilon="
-                f"{site.max_epsilon:g}) but the server's config disables it",
+                f"site {site.name} requires differential privacy but the server's config "
+                "disables it; a site that accepts that sets allow-no-dp=true in its node config",
             )
-        if p.target_epsilon > site.max_epsilon:
-            raise ConfigError(
-                "privacy.target_epsilon",
-                f"the server asks for {p.target_epsilon:g}, above site {site.name}'s "
-                f"max-epsilon={site.max_epsilon:g}",
-            )
+        return
+    if site.max_epsilon is not None and p.target_epsilon > site.max_epsilon:
+        raise ConfigError(
+            "privacy.target_epsilon",
+            f"the server asks for {p.target_epsilon:g}, above site {site.name}'s "
+            f"max-epsilon={site.max_epsilon:g}",
+        )
     if site.max_delta is not None and p.delta > site.max_delta:
         raise ConfigError(
             "privacy.delta",

@@ -18,6 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fedsynth.common.errors import ConfigError
+from fedsynth.common.privacy.registry import ACCOUNTANTS
 
 DEFAULT_CACHE_DIR = "~/.cache/fedsynth"
 
@@ -95,7 +96,7 @@ class PrivacyConfig:
     target_epsilon: float = 10.0
     delta: float = 1e-5
     max_grad_norm: float = 1.0
-    accountant: str = "rdp"  # "rdp" | "prv"
+    accountant: str = "rdp"  # calibrates the noise: fedsynth.common.privacy.registry names
     # INSECURE, simulation only: derive the DP noise and patient sampling from the public
     # seed (reproducible runs). Anyone who knows the config can then replay a site's training
     # and subtract the noise: the DP guarantee does not hold against them. Refused by a
@@ -195,7 +196,7 @@ _CHOICES: dict[str, Sequence[str]] = {
     "split.policy": ("iid", "dirichlet", "by-site"),
     "train.gan_loss": ("lsgan", "bce"),
     "train.device": ("auto", "cpu", "cuda"),
-    "privacy.accountant": ("rdp", "prv"),
+    "privacy.accountant": tuple(ACCOUNTANTS),
     "federation.aggregation": ("fedavg", "fedmedian", "trimmed-mean"),
     "synthesis.label_source": ("atlas", "cohort"),
     "synthesis.device": ("auto", "cpu", "cuda"),

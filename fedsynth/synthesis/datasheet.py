@@ -20,9 +20,15 @@ import numpy as np
 from fedsynth import __version__
 from fedsynth.common.config import Config
 from fedsynth.common.data.brats import MODALITIES
+from fedsynth.common.privacy.report import REPRODUCIBLE_NOISE
 
 DATASHEET_VERSION = 1
 NO_DP_WORDS = "no differential privacy: epsilon is infinite; the generator may memorise patients"
+# synthesis.label_source=cohort: the label maps are real patients', outside DP (issue 11).
+COHORT_LABELS_WORDS = (
+    "the label maps are REAL patients' label maps from {cohort} (edited), released with their "
+    "subject ids OUTSIDE differential privacy: the epsilon above covers the generator only"
+)
 UNKNOWN_PRIVACY = (
     "unknown: no privacy.json found with the checkpoint; treat as no differential privacy"
 )
@@ -65,6 +71,8 @@ def privacy_section(run_dir: Path | None) -> dict[str, Any]:
         )
     else:
         statement = NO_DP_WORDS
+    if dp and report.get("reproducible_noise"):
+        statement = f"{statement}. {REPRODUCIBLE_NOISE}"
     return {
         "dp_enabled": dp,
         "unit": report.get("unit", "patient"),
@@ -144,6 +152,11 @@ def build_datasheet(
         "privacy": privacy_section(gen.run_dir),
         "label_source": {
             **bank.description,
+            **(
+                {"privacy": COHORT_LABELS_WORDS.format(cohort=bank.description.get("cohort_dir"))}
+                if bank.description.get("source") == "cohort"
+                else {}
+            ),
             "edits": {k: v for k, v in syn.items() if k.startswith(("p_", "scale_", "max_"))},
             "edit_counts": _edit_counts(provenance),
             "healthy_cases": sum(v == 0 for v in volumes),

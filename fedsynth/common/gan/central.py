@@ -140,6 +140,7 @@ class CentralRun:
             delta=p.delta,
             dp_enabled=p.enabled,
             reproducible_noise=p.insecure_reproducible_noise,
+            target_epsilon=p.target_epsilon,
             sites={SITE: self.trainer.privacy()},
         )
 

@@ -23,10 +23,10 @@ import math
 
 import torch
 from opacus import GradSampleModule
-from opacus.accountants.utils import get_noise_multiplier
 from torch import nn
 
 from fedsynth.common.errors import ConfigError
+from fedsynth.common.privacy.registry import build_accountant
 
 STEPS_PER_ITERATION = 2  # D step and G step share one sample: sqrt(2) joint sensitivity
 # Opacus grad-sample modes that run on these networks. "hooks" (per-layer formulas from the
@@ -66,13 +66,10 @@ def calibrate_noise_multiplier(
     if planned_steps <= 0:
         raise ConfigError("train.steps", f"planned DP steps must be > 0, got {planned_steps}")
     try:
-        joint = get_noise_multiplier(
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
+        joint = build_accountant(accountant).noise_multiplier(
+            target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
             steps=planned_steps,
-            accountant=accountant,
-        )
+        )  # fmt: skip
     except ValueError as e:  # Opacus: "The privacy budget is too low."
         raise ConfigError(
             "privacy.target_epsilon",
