@@ -34,13 +34,14 @@ from fedsynth.client.site import SiteIdentity
 from fedsynth.common.config import Config
 from fedsynth.common.errors import ConfigError, FedsynthError
 from fedsynth.common.io.atomic import atomic_write_json
+from fedsynth.common.rundir import SITE_LAST_REPLY, SITE_LOG, SITE_RECORD, SITE_TRAINER_STATE
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "trainer.safetensors"  # G, D, optimisers, accountant, RNG states, noise secret
-REPLY_FILE = "last_reply.safetensors"  # the last reply sent, to resend it on a repeated request
-RECORD_FILE = "site.json"  # the site record (see the module docstring)
-LOG_FILE = "log.jsonl"  # the site's own training log (losses, patients sampled, time)
+STATE_FILE = SITE_TRAINER_STATE  # G, D, optimisers, accountant, RNG states, noise secret
+REPLY_FILE = SITE_LAST_REPLY  # the last reply sent, to resend it on a repeated request
+RECORD_FILE = SITE_RECORD  # the site record (see the module docstring)
+LOG_FILE = SITE_LOG  # the site's own training log (losses, patients sampled, time)
 FORFEIT_KEY = "forfeit-lost-state"  # node config: start afresh after a lost state dir
 # The privacy settings a site fixes at its first round (train.batch_size sets the sample
 # rate q = batch_size / patients).

@@ -29,9 +29,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedsynth.client.state import REPLY_FILE, STATE_FILE
 from fedsynth.common.config import Config
 from fedsynth.common.errors import ConfigError, FedsynthError
+from fedsynth.common.rundir import SITE_LAST_REPLY as REPLY_FILE
+from fedsynth.common.rundir import SITE_TRAINER_STATE as STATE_FILE
 
 
 @dataclass(frozen=True)
