@@ -61,14 +61,18 @@ def batch_of(size: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
     return cond, torch.rand(b, 4, size, size, generator=gen) * 2 - 1
 
 
-def time_steps(parts: GanParts, cond, real, reps: int) -> float:
-    train_step(parts, cond, real)  # warm-up
-    times = []
+def time_steps(variants: dict[str, GanParts], cond, real, reps: int) -> dict[str, float]:
+    """Median seconds per step of each variant. The variants take turns (one step each per
+    repetition), so a change in machine load hits all of them alike and the ratios hold."""
+    for parts in variants.values():
+        train_step(parts, cond, real)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(reps):
-        t = time.perf_counter()
-        train_step(parts, cond, real)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for name, parts in variants.items():
+            t = time.perf_counter()
+            train_step(parts, cond, real)
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def agrees_with_plain(mode: str, cond, real) -> float:
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/bench/dp_step")
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -100,13 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for size in args.sizes:
         cond, real = batch_of(size, args.batch)
-        plain = time_steps(make_parts(None), cond, real, args.reps)
+        variants = {"plain": make_parts(None), **{m: make_parts(m) for m in MODES}}
+        seconds = time_steps(variants, cond, real, args.reps)
+        plain = seconds["plain"]
         row = {"config": str(args.config), "image_size": size, "batch": args.batch,
-               "threads": args.threads, "plain_s": plain}  # fmt: skip
+               "threads": args.threads, "reps": args.reps, "plain_s": plain}  # fmt: skip
         for mode in MODES:
-            dp = time_steps(make_parts(mode), cond, real, args.reps)
-            row[f"{mode}_s"] = dp
-            row[f"{mode}_ratio"] = dp / plain
+            row[f"{mode}_s"] = seconds[mode]
+            row[f"{mode}_ratio"] = seconds[mode] / plain
             row[f"{mode}_rel_diff_vs_plain"] = agrees_with_plain(mode, cond, real)
         row["fastest_mode"] = min(MODES, key=lambda m: row[f"{m}_s"])
         results.append(row)

@@ -224,3 +224,40 @@ def test_neighbouring_sites_replies_differ_only_in_the_noised_generator(tmp_path
     for i in range(2):  # the data-dependent values stayed in the site's own log
         log = (tmp_path / f"state-{i}" / client_app.LOG_FILE).read_text()
         assert '"slices"' in log and '"loss_d"' in log
+
+
+# --------------------------------------------------------------------------- the ClientApp
+
+
+def test_a_repeated_request_is_answered_from_the_stored_reply(tmp_path, cache_dir):
+    """A resumed server asking the same round again gets the same reply: no new noise, no
+    new privacy spent."""
+    cfg = _cfg(cache_dir)
+    site = _site(tmp_path / "run")
+    req = _request(cfg, tmp_path / "run")
+    first = client_app.train_round(site, req)
+    again = client_app.train_round(site, req)
+    a, b = first.metric_records["metrics"], again.metric_records["metrics"]
+    assert (a["resent"], b["resent"]) == (0, 1)
+    assert b["steps-total"] == a["steps-total"] == cfg.federation.local_steps
+    assert _distance(_released(first), _released(again)) == 0.0
+
+
+def test_a_failing_site_replies_with_an_error_naming_itself(tmp_path):
+    import time
+
+    from flwr.app import Context, Message, Metadata, RecordDict
+
+    from fedsynth.common import wire
+
+    cfg = load_config(SMOKE)
+    config = wire.request_config(cfg, "", rounds=1)
+    config[wire.SERVER_ROUND] = 1
+    content = RecordDict({wire.ARRAYS: wire.generator_record({}), wire.CONFIG: config})
+    meta = Metadata(
+        run_id=1, message_id="m", src_node_id=0, dst_node_id=1, reply_to_message_id="",
+        group_id="1", created_at=time.time(), ttl=3600.0, message_type="train",
+    )  # fmt: skip
+    node = {"data-path": str(tmp_path), "site-name": "site-7"}  # no ceiling: refused
+    with pytest.raises(client_app.SiteError, match=r"\[site site-7\].*max-epsilon"):
+        client_app.app(Message(content, metadata=meta), Context(1, 1, node, RecordDict(), {}))

@@ -389,3 +389,20 @@ def test_reproducible_noise_and_cohort_label_maps_are_stated_in_words(tmp_path):
     assert "does not hold" in body and "REAL patients' label maps" in body
     (tmp_path / "config.yaml").write_text("synthesis:\n  label_source: atlas\n")
     assert "REAL patients" not in report_privacy(tmp_path).body
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv_transpose_per_sample_gradient_formula_matches_single_sample_backward(groups):
+    # fedsynth's hooks formula for ConvTranspose2d (Opacus has none), on odd sizes, grouped,
+    # with output_padding and an even kernel.
+    from opacus import GradSampleModule
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 8, 3, padding=1),
+        torch.nn.ConvTranspose2d(8, 6, 3, stride=2, padding=1, output_padding=1, groups=groups),
+        torch.nn.LeakyReLU(0.2),
+        torch.nn.ConvTranspose2d(6, 2, 4, stride=2, padding=1, bias=False),
+    )
+    _check_per_sample(net, (torch.randn(2, 4, 9, 7),), "hooks")
+    assert torch.nn.ConvTranspose2d in GradSampleModule.GRAD_SAMPLERS

@@ -154,3 +154,14 @@ def test_image_quality_hand_computed_cases():
     assert math.isnan(empty["t2"]["mae"])
     with pytest.raises(ValueError):
         image_quality(real[:, :3], real[:, :3])
+
+
+def test_two_dp_runs_of_one_config_release_different_generators(central_run, tmp_path):
+    # The released generator and the published config do not fix the noise: it comes from a
+    # secret kept in the run's (private) state checkpoints, never in the released generator.
+    other = train_central(tiny_config(*RUN), tmp_path / "run", data=DATA, progress=False)
+    a, b = load_file(central_run.generator), load_file(other.generator)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert not any("secret" in k or "rng" in k for k in a)
+    state = load_file(central_run.state_checkpoint(4))
+    assert state["randomness_secret"].numel() == 32

@@ -26,6 +26,7 @@ from opacus import GradSampleModule
 from torch import nn
 
 from fedsynth.common.errors import ConfigError
+from fedsynth.common.privacy import grad_samplers
 from fedsynth.common.privacy.registry import build_accountant
 
 STEPS_PER_ITERATION = 2  # D step and G step share one sample: sqrt(2) joint sensitivity
@@ -34,8 +35,9 @@ STEPS_PER_ITERATION = 2  # D step and G step share one sample: sqrt(2) joint sen
 # unfold2d assumes the NCHW layout, and a channels-last input (one_hot(...).permute(0, 3,
 # 1, 2) is one) gave per-sample conv gradients off by ~100 % -- PatientDP therefore makes
 # every input contiguous. It also computes per-sample gradients only for parameters with
-# requires_grad=True (functorch recomputes every parameter of a layer). "functorch" (vmap
-# over each layer) is kept as the reference. "ew" (expanded weights) cannot handle the
+# requires_grad=True (functorch recomputes every parameter of a layer). Opacus has no hooks
+# formula for ConvTranspose2d (it would fall back to functorch per layer): fedsynth adds one
+# (grad_samplers.py). "functorch" (vmap over each layer) is kept as the reference. "ew" (expanded weights) cannot handle the
 # U-Net's ConvTranspose. benchmarks/bench_dp_step.py times both and checks them; tests/
 # test_privacy.py checks the default against single-patient backward passes.
 GRAD_SAMPLE_MODES = ("hooks", "functorch")
@@ -132,6 +134,7 @@ class PatientDP:
                 "privacy", f"{type(module).__name__} has no trainable parameter to privatise"
             )
         module.register_forward_pre_hook(_contiguous_inputs)
+        grad_samplers.register()
         self.module = GradSampleModule(
             module, loss_reduction="sum", force_functorch=grad_sample_mode == "functorch"
         )
