@@ -1,14 +1,15 @@
 """The main job (``make demo`` / ``fedsynth demo``): every stage of fedsynth, end to end.
 
-Stages, each resumable (a finished stage leaves ``<out>/stages/<name>.json`` and is not
-recomputed when the demo is run again on the same ``--out``):
+Stages (``STAGES``), each resumable: a finished stage leaves ``<out>/stages/<name>.json`` and
+is not recomputed when the demo is run again on the same ``--out`` (layout:
+``fedsynth.common.rundir.DemoDir``):
 
 1. ``cohort``     build (or reuse) the phantom cohort, validate every case, draw a preview
 2. ``federated``  train pix2pix across the sites with Flower, DP on both GAN steps
 3. ``synthesis``  synthetic BraTS cohort from the federated generator, with a datasheet
-
-Later stages of the pipeline (segmentation benchmark, audit, report) join this list as
-they are built; the demo runs what exists and says so.
+4. ``benchmark``  segmentation arms against locally trained baselines
+5. ``audit``      membership inference and memorisation audit of the released generator
+6. ``report``     one self-contained HTML page of the federated run
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsynth.common.config import Config, config_to_yaml
-from fedsynth.common.errors import DataError
+from fedsynth.common.errors import DataError, IncompleteRunError
 from fedsynth.common.io.atomic import atomic_write_json, atomic_write_text
 from fedsynth.common.rundir import DemoDir
 
@@ -63,7 +64,11 @@ def _federated(cfg: Config, out: Path) -> dict[str, Any]:
     run_dir = run.root
     done = simulate(cfg, run_dir)  # resumes from the last completed round if interrupted
     if done < cfg.federation.rounds:
-        raise DataError(run_dir, f"federated training stopped after round {done}; see its log")
+        raise IncompleteRunError(
+            run_dir,
+            f"federated training stopped after round {done} of {cfg.federation.rounds}; "
+            "see its log, then run the demo again to resume",
+        )
     privacy = json.loads(run.privacy.read_text())
     return {
         "run_dir": str(run_dir),

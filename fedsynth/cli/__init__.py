@@ -31,6 +31,7 @@ COMMANDS: tuple[str, ...] = (
     "demo",
     "certs",
     "site_check",
+    "config",
 )
 
 
