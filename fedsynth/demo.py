@@ -22,10 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedsynth.audit.writer import run_audit
+from fedsynth.benchmark.runner import run_benchmark
 from fedsynth.common.config import Config, config_to_yaml
+from fedsynth.common.data.cohort import load_split, resolve_cohort
+from fedsynth.common.data.preview import preview_cohort
+from fedsynth.common.data.validate import validate_cohort
 from fedsynth.common.errors import DataError, IncompleteRunError
 from fedsynth.common.io.atomic import atomic_write_json, atomic_write_text
 from fedsynth.common.rundir import DemoDir
+from fedsynth.report.html import write_report
+from fedsynth.simulation import simulate
+from fedsynth.synthesis.generate import synthesize
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +46,6 @@ class Stage:
 
 
 def _cohort(cfg: Config, out: Path) -> dict[str, Any]:
-    from fedsynth.common.data.cohort import load_split, resolve_cohort
-    from fedsynth.common.data.preview import preview_cohort
-    from fedsynth.common.data.validate import validate_cohort
-
     cohort = resolve_cohort(cfg)
     report = validate_cohort(cohort)
     if not report.ok:
@@ -58,8 +62,6 @@ def _cohort(cfg: Config, out: Path) -> dict[str, Any]:
 
 
 def _federated(cfg: Config, out: Path) -> dict[str, Any]:
-    from fedsynth.simulation import simulate
-
     run = DemoDir(out).federated
     run_dir = run.root
     done = simulate(cfg, run_dir)  # resumes from the last completed round if interrupted
@@ -81,8 +83,6 @@ def _federated(cfg: Config, out: Path) -> dict[str, Any]:
 
 
 def _synthesis(cfg: Config, out: Path) -> dict[str, Any]:
-    from fedsynth.synthesis.generate import synthesize
-
     demo = DemoDir(out)
     result = synthesize(cfg, demo.federated.generator, demo.synthetic, overwrite=True)
     return {
@@ -95,16 +95,12 @@ def _synthesis(cfg: Config, out: Path) -> dict[str, Any]:
 
 
 def _benchmark(cfg: Config, out: Path) -> dict[str, Any]:
-    from fedsynth.benchmark.runner import run_benchmark
-
     demo = DemoDir(out)
     result = run_benchmark(cfg, demo.federated.root, synthetic=demo.synthetic)
     return {"results": str(result.out / "results.md"), "table": str(result.out / "results.csv")}
 
 
 def _audit(cfg: Config, out: Path) -> dict[str, Any]:
-    from fedsynth.audit.writer import run_audit
-
     demo = DemoDir(out)
     result = run_audit(demo.federated.root, synthetic_dir=demo.synthetic, overwrite=True)
     membership = result.report["membership"]["overall"]
@@ -112,8 +108,6 @@ def _audit(cfg: Config, out: Path) -> dict[str, Any]:
 
 
 def _report(cfg: Config, out: Path) -> dict[str, Any]:
-    from fedsynth.report.html import write_report
-
     return {"report": str(write_report(DemoDir(out).federated.root))}
 
 
