@@ -79,7 +79,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"{run_dir}: stopped after round {done} of {cfg.federation.rounds}; resume with "
               f"'fedsynth simulate --resume {run_dir}'")  # fmt: skip
         return 1
-    print(
-        f"{run_dir}: {done} rounds; generator in {run_dir / 'checkpoints' / 'generator.safetensors'}"
-    )
+    print(f"{run_dir}: {done} rounds; generator in {RunDir(run_dir).generator}")
     return 0
