@@ -26,9 +26,10 @@ import logging
 import math
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -37,11 +38,10 @@ from fedsynth.client.site import SiteIdentity, check_site_policy, identify_site,
 from fedsynth.common import wire
 from fedsynth.common.config import Config, config_to_yaml
 from fedsynth.common.errors import FedsynthError, PrivacyBudgetError
+from fedsynth.common.gan.trainer import LocalTrainer, StepReport
 from fedsynth.common.io.atomic import append_jsonl
+from fedsynth.common.io.checkpoints import load_checkpoint, save_checkpoint
 from fedsynth.common.wire import TrainRequest, reply_content, weights_digest
-
-if TYPE_CHECKING:
-    from fedsynth.common.gan.trainer import LocalTrainer, StepReport
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,6 @@ _SESSION: dict[str, Any] = {}
 
 def open_trainer(site: SiteIdentity, req: TrainRequest) -> LocalTrainer:
     """The site's trainer, restored from its state dir when it has trained before."""
-    from fedsynth.common.gan.trainer import LocalTrainer
-
     state = site.state_dir / STATE_FILE
     key = f"{site.state_dir}|{req.rounds}|{config_to_yaml(req.cfg)}"
     if _SESSION.get("key") == key and _SESSION.get("stamp") == _stamp(state):
@@ -136,10 +134,6 @@ def log_locally(site: SiteIdentity, server_round: int, report: StepReport) -> No
 def store_reply(
     site: SiteIdentity, req: TrainRequest, weights: dict[str, np.ndarray], metrics: dict[str, Any]
 ) -> None:
-    import torch
-
-    from fedsynth.common.io.checkpoints import save_checkpoint
-
     save_checkpoint(
         site.state_dir / REPLY_FILE,
         {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()},
@@ -157,8 +151,6 @@ def store_reply(
 
 def stored_reply(site: SiteIdentity, req: TrainRequest) -> RecordDict | None:
     """The reply already sent for this exact request (round and global weights), if any."""
-    from fedsynth.common.io.checkpoints import load_checkpoint
-
     path = site.state_dir / REPLY_FILE
     if not path.is_file():
         return None

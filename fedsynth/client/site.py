@@ -24,14 +24,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fedsynth.common.config import Config
+from fedsynth.common.data import cohort as cohort_mod
+from fedsynth.common.data.brats import discover_cases
+from fedsynth.common.data.cache import SliceCache, build_slices, site_slices
 from fedsynth.common.errors import ConfigError, DataError
 from fedsynth.common.sites import site_index, site_name
-
-if TYPE_CHECKING:
-    from fedsynth.common.data.cache import SliceCache
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +167,6 @@ def load_site_data(cfg: Config, site: SiteIdentity) -> SliceCache:
     With ``data.strict`` an invalid case is a DataError naming every bad file (the site's
     rounds then fail with that message in the server log); otherwise it is skipped.
     """
-    from fedsynth.common.data.brats import discover_cases
-    from fedsynth.common.data.cache import build_slices, site_slices
-
     if site.data_path is None:
         return site_slices(cfg, simulated_subjects(cfg, site), site.name)
     # Deployment: the folder holds only this site's patients; no split, no manifest written.
@@ -189,8 +186,6 @@ def load_site_data(cfg: Config, site: SiteIdentity) -> SliceCache:
 
 def simulated_subjects(cfg: Config, site: SiteIdentity) -> list[str]:
     """Subject ids of a simulated site: its part of the config's split."""
-    from fedsynth.common.data import cohort as cohort_mod
-
     cohort_dir = cohort_mod.resolve_cohort(cfg)
     split = cohort_mod.load_split(cohort_dir)
     if site.name not in split.sites:

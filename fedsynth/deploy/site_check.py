@@ -29,10 +29,14 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedsynth.client.site import check_site_policy, identify_site, load_site_data
 from fedsynth.common.config import Config
 from fedsynth.common.errors import ConfigError, FedsynthError
+from fedsynth.common.io.checkpoints import load_checkpoint
+from fedsynth.common.privacy.accountant import PrivacyAccountant
 from fedsynth.common.rundir import SITE_LAST_REPLY as REPLY_FILE
 from fedsynth.common.rundir import SITE_TRAINER_STATE as STATE_FILE
+from fedsynth.deploy.certs import check_auth_key, check_root_certificate
 
 
 @dataclass(frozen=True)
@@ -96,8 +100,6 @@ def check_privacy_ceiling(
 ) -> str:
     """Would this site, with its own ``max-epsilon`` / ``max-delta``, accept the consortium's
     privacy settings? (A deployed ClientApp refuses to train without both.)"""
-    from fedsynth.client.site import check_site_policy, identify_site
-
     node: dict[str, object] = {"data-path": str(data_path), "site-name": site_name}
     for key, value in (("max-epsilon", max_epsilon), ("max-delta", max_delta)):
         if value is not None:
@@ -124,9 +126,6 @@ def check_state_dir(state_dir: Path) -> str:
 
 def summarise_state(state_dir: Path) -> str:
     """One line on the site's stored trainer state and privacy spend (or that it has none)."""
-    from fedsynth.common.io.checkpoints import load_checkpoint
-    from fedsynth.common.privacy.accountant import PrivacyAccountant
-
     path = state_dir / STATE_FILE
     if not path.is_file():
         return "no trainer state yet: the site starts fresh (no privacy budget spent)"
@@ -153,8 +152,6 @@ def summarise_state(state_dir: Path) -> str:
 
 def check_data(cfg: Config, data_path: Path, state_dir: Path, site_name: str) -> str:
     """Build (or reuse) the slice cache exactly as the ClientApp's first round will."""
-    from fedsynth.client.site import identify_site, load_site_data
-
     if not data_path.is_dir():
         raise ConfigError("data-path", f"{data_path} is not a folder")
     site = identify_site(
@@ -197,8 +194,6 @@ def check_site(
     max_delta: float | None = None,
 ) -> SiteReport:
     """Every check of the module docstring; the report says which failed and why."""
-    from fedsynth.deploy.certs import check_auth_key, check_root_certificate
-
     data_path, state_dir = data_path.expanduser().resolve(), state_dir.expanduser().resolve()
     report = SiteReport()
     report.add(

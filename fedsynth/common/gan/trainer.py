@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from fedsynth.common.config import Config
+from fedsynth.common.data.datasets import PatientSampler
 from fedsynth.common.errors import CheckpointError
 from fedsynth.common.gan.losses import Pix2PixLoss
 from fedsynth.common.gan.step import GanParts, StepLosses, train_step
@@ -91,8 +92,6 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _patient_sampler(cache: Any, sample_rate: float, cfg: Config, seed: int) -> Sampler:
-    from fedsynth.common.data.datasets import PatientSampler
-
     return PatientSampler(cache, sample_rate, cfg.train.tumour_slice_prob, seed)
 
 

@@ -21,6 +21,7 @@ PatientDP calls it before wrapping a network, so importing this module changes n
 from __future__ import annotations
 
 import torch
+from opacus import GradSampleModule
 from torch import nn
 
 
@@ -59,6 +60,4 @@ def conv_transpose2d_grad_sample(
 
 def register() -> None:
     """Add the formulas above to Opacus's grad-sampler registry (idempotent)."""
-    from opacus import GradSampleModule
-
     GradSampleModule.GRAD_SAMPLERS.setdefault(nn.ConvTranspose2d, conv_transpose2d_grad_sample)
