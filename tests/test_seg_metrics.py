@@ -9,7 +9,7 @@ import pytest
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 
-from fedsynth.common.metrics.segmentation import (
+from fedsynth.benchmark.metrics import (
     REGIONS,
     SegmentationScores,
     diagonal,

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from fedsynth.benchmark.data import BenchmarkData
+from fedsynth.benchmark.metrics import SegmentationScores
+from fedsynth.benchmark.segmenter import build_segmenter
 from fedsynth.benchmark.training import TrainSettings, evaluate, train_segmenter
 from fedsynth.common.config import Config
 from fedsynth.common.data.cache import SliceCache
-from fedsynth.common.metrics.segmentation import SegmentationScores
-from fedsynth.common.models.segmenter import build_segmenter
 
 ALL_SITES = "all"  # site of an arm that trains one model for everyone
 NEEDS_SYNTHETIC = ("synthetic", "local+synthetic", "synthetic->finetune")

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from fedsynth.benchmark.arms import ALL_SITES, ArmOutcome
+from fedsynth.benchmark.metrics import REGIONS
 from fedsynth.benchmark.report import headline_site
 from fedsynth.benchmark.results import MEAN_SITE, Row, summary
 from fedsynth.common.data.cache import SliceCache
 from fedsynth.common.io.atomic import save_figure
-from fedsynth.common.metrics.segmentation import REGIONS
 
 # Label colours for overlays: necrotic/core, oedema, enhancing (RGBA).
 _LABEL_RGBA = np.array(

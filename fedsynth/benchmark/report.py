@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fedsynth.benchmark.arms import ALL_SITES
+from fedsynth.benchmark.metrics import REGIONS
 from fedsynth.benchmark.results import MEAN_SITE, Row, summary
-from fedsynth.common.metrics.segmentation import REGIONS
 
 _METRIC_NAMES = {"dice": "Dice (higher is better)", "hd95": "HD95 in grid units (lower is better)"}
 

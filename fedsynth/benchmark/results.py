@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from fedsynth.benchmark.arms import ALL_SITES, ArmOutcome
+from fedsynth.benchmark.metrics import METRICS, REGIONS
 from fedsynth.common.io.atomic import atomic_write_text
-from fedsynth.common.metrics.segmentation import METRICS, REGIONS
 
 MEAN_SITE = "mean"
 RESULT_COLUMNS = ("arm", "site", "seed", "region", "metric", "value")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fedsynth.benchmark.arms import ARMS, NEEDS_SYNTHETIC, ArmContext, ArmOutcome
 from fedsynth.benchmark.data import load_benchmark_data, synthetic_cohort
+from fedsynth.benchmark.metrics import REGIONS
 from fedsynth.benchmark.results import (
     DIFF_COLUMNS,
     PATIENT_COLUMNS,
@@ -26,7 +27,6 @@ from fedsynth.benchmark.results import (
 )
 from fedsynth.common.config import Config, config_to_yaml
 from fedsynth.common.io.atomic import atomic_write_text
-from fedsynth.common.metrics.segmentation import REGIONS
 
 log = logging.getLogger(__name__)
 

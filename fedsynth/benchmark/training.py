@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedsynth.benchmark.metrics import SegmentationScores
 from fedsynth.common.config import BenchmarkConfig
 from fedsynth.common.data.cache import SliceCache
-from fedsynth.common.metrics.segmentation import SegmentationScores
 
 
 @dataclass(frozen=True)

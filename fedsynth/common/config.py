@@ -152,7 +152,7 @@ class BenchmarkConfig:
 
     arms: list[str] = field(default_factory=lambda: list(BENCHMARK_ARMS))
     seeds: int = 3  # repetitions of every arm with seeds cfg.seed + 0, 1, ...
-    segmenter: str = "unet2d"  # fedsynth.common.models.segmenter.SEGMENTERS
+    segmenter: str = "unet2d"  # fedsynth.benchmark.segmenter.SEGMENTERS
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])  # U-Net widths
     steps: int = 300  # optimisation steps per model (fedavg: rounds x local steps per site)
     batch_size: int = 16  # slices per step

@@ -15,8 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from fedsynth.benchmark.metrics import REGIONS
 from fedsynth.common.io.atomic import atomic_write_text, save_figure
-from fedsynth.common.metrics.segmentation import REGIONS
 from fedsynth.sweep.run import DONE, SYNTHETIC_ARMS, label
 
 COLUMNS = (

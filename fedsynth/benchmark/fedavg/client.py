@@ -64,11 +64,11 @@ def site_of(node_config: dict[str, Any], sites: list[str]) -> tuple[int, str]:
 def train(msg: Message, context: Context) -> Message:
     import numpy as np
 
+    from fedsynth.benchmark.segmenter import build_segmenter
     from fedsynth.benchmark.training import TrainSettings, train_segmenter
     from fedsynth.common.data.cache import site_slices
     from fedsynth.common.data.cohort import load_split, resolve_cohort
     from fedsynth.common.gan.trainer import resolve_device
-    from fedsynth.common.models.segmenter import build_segmenter
 
     req = SegTrainRequest.from_config_record(next(iter(msg.content.config_records.values())))
     b = req.cfg.benchmark

@@ -17,8 +17,8 @@ def train_fedavg(cfg: Config, seed: int, sites: int, work_dir: Path) -> nn.Modul
 
     from fedsynth.benchmark.fedavg.client import app as client_app
     from fedsynth.benchmark.fedavg.server import ARCHITECTURE, make_server_app
+    from fedsynth.benchmark.segmenter import build_segmenter
     from fedsynth.common.io.checkpoints import load_checkpoint, load_module_state
-    from fedsynth.common.models.segmenter import build_segmenter
     from fedsynth.simulation import backend_config, flower_environment
 
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -29,8 +29,8 @@ def run_fedavg_server(grid: Grid, cfg: Config, seed: int, sites: int, out: Path)
     """Run the rounds and save the final global segmenter to ``out``."""
     import torch
 
+    from fedsynth.benchmark.segmenter import build_segmenter
     from fedsynth.common.io.checkpoints import save_checkpoint
-    from fedsynth.common.models.segmenter import build_segmenter
 
     torch.manual_seed(seed)
     model = build_segmenter(cfg.benchmark.segmenter, cfg.benchmark.channels)
