@@ -21,8 +21,11 @@ from fedsynth.common.data.brats import discover_cases
 from fedsynth.common.data.cache import SliceCache, build_slices, site_slices
 from fedsynth.common.data.cohort import load_split, resolve_cohort
 from fedsynth.common.errors import ConfigError, DataError
+from fedsynth.common.rundir import SYNTHETIC_DIR
 
 log = logging.getLogger(__name__)
+
+PUBLIC_SYNTHETIC_DIR = "public-synthetic"  # RUN_DIR/benchmark/<this>: the public-only cohort
 
 
 @dataclass
@@ -67,7 +70,7 @@ def synthetic_cohort(
     out_dir: Path,
     synthetic: Path | None,
     checkpoint: Path | None,
-    folder: str = "synthetic",
+    folder: str = SYNTHETIC_DIR,
 ) -> Path | None:
     """The synthetic cohort folder: ``synthetic`` as given, or synthesised from ``checkpoint``
     into ``out_dir/folder`` (``benchmark.synthetic_cases`` cases; reused if already there)."""

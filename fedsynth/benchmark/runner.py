@@ -24,7 +24,12 @@ from pathlib import Path
 import torch
 
 from fedsynth.benchmark.arms import ARMS, NEEDS_SYNTHETIC, ArmContext, ArmOutcome
-from fedsynth.benchmark.data import BenchmarkData, load_benchmark_data, synthetic_cohort
+from fedsynth.benchmark.data import (
+    PUBLIC_SYNTHETIC_DIR,
+    BenchmarkData,
+    load_benchmark_data,
+    synthetic_cohort,
+)
 from fedsynth.benchmark.metrics import REGIONS
 from fedsynth.benchmark.results import (
     COMPARISON_COLUMNS,
@@ -44,6 +49,7 @@ from fedsynth.benchmark.results import (
 )
 from fedsynth.common.config import Config, config_to_yaml
 from fedsynth.common.io.atomic import atomic_write_text
+from fedsynth.common.rundir import CONFIG_FILE, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +77,15 @@ def run_benchmark(
     """
     start = time.perf_counter()
     b = cfg.benchmark
-    out = Path(run_dir) / "benchmark"
+    out = RunDir(run_dir).benchmark
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", config_to_yaml(cfg))
+    atomic_write_text(out / CONFIG_FILE, config_to_yaml(cfg))
     need_syn = any(a in NEEDS_SYNTHETIC for a in b.arms)
     syn_dir = synthetic_cohort(cfg, out, _path(synthetic), _path(checkpoint)) if need_syn else None
     public_dir = None
     if "public-only" in b.arms:
         public_ckpt = _path(b.public_checkpoint)
-        public_dir = synthetic_cohort(cfg, out, None, public_ckpt, folder="public-synthetic")
+        public_dir = synthetic_cohort(cfg, out, None, public_ckpt, folder=PUBLIC_SYNTHETIC_DIR)
     data = load_benchmark_data(cfg, syn_dir, need_syn, public_dir)
     outcomes = _run_jobs(cfg, data, out / "work", progress, syn_dir, public_dir)
     seconds = time.perf_counter() - start
