@@ -129,7 +129,6 @@ def _run_jobs(cfg, data: BenchmarkData, work: Path, progress: bool, syn_dir, pub
         for seed, arms in tqdm(jobs, desc="benchmark", unit="job", disable=not progress):
             outcomes += _run_group(ctx, seed, arms)
         return outcomes
-    pooled = [j for j in jobs if j[1] != ["fedavg"]]
     results: dict[int, list[ArmOutcome]] = {}
     spawn = multiprocessing.get_context("spawn")  # fork + torch's thread pools can deadlock
     with ProcessPoolExecutor(
@@ -138,7 +137,11 @@ def _run_jobs(cfg, data: BenchmarkData, work: Path, progress: bool, syn_dir, pub
         _worker_init,
         (cfg, work, syn_dir, public_dir, data.test_spacings),
     ) as pool:
-        futures = {jobs.index(j): pool.submit(_worker_run, j[0], j[1]) for j in pooled}
+        futures = {
+            i: pool.submit(_worker_run, seed, arms)
+            for i, (seed, arms) in enumerate(jobs)
+            if arms != ["fedavg"]
+        }
         for i, (seed, arms) in enumerate(jobs):  # fedavg here, while the pool works
             if arms == ["fedavg"]:
                 results[i] = _run_group(ctx, seed, arms)
