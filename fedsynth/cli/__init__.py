@@ -23,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "preprocess",
     "simulate",
     "train",
+    "pretrain",
     "synthesize",
     "benchmark",
     "audit",

@@ -38,6 +38,9 @@ class PhantomConfig:
     voxel_size: float = 2.0  # mm; coarser than BraTS's 1 mm so the demo is fast
     healthy_fraction: float = 0.1  # subjects generated without a tumour
     seed: int = 0
+    # Subject ids are "<id_prefix>_0000", ...; scanner sites "<id_prefix>-scanner-<k>" unless
+    # the default. A public cohort uses its own prefix so no id can collide with a site's.
+    id_prefix: str = "phantom"
 
 
 @dataclass
@@ -67,6 +70,30 @@ class ModelConfig:
     discriminator_channels: int = 32
     discriminator_layers: int = 3
     norm_groups: int = 8  # GroupNorm groups (Opacus-compatible; no BatchNorm)
+    # Pre-trained start (``fedsynth pretrain`` writes RUN/init.safetensors): G, and D where
+    # the file has one, are loaded before training; the server sends this G in round 1.
+    init: str | None = None
+
+
+@dataclass
+class PretrainConfig:
+    """``fedsynth pretrain``: non-DP training on a cohort declared PUBLIC (shares nothing
+    with the sites or the test patients; checked). Its held-out part is public too, so
+    hyper-parameters may be tuned on it."""
+
+    source: str = "phantom"  # "phantom" (the public phantom cohort below) or "cohort"
+    cohort_dir: str | None = None  # a public BraTS-layout folder when source == "cohort"
+    phantom: PhantomConfig = field(
+        default_factory=lambda: PhantomConfig(
+            subjects=200, sites=3, seed=1000, id_prefix="public", healthy_fraction=0.1
+        )
+    )
+    test_fraction: float = 0.1  # public held-out patients (validation, may be tuned on)
+    steps: int = 3000
+    batch_size: int = 16
+    lr: float = 2e-4
+    eval_every: int = 250  # steps between public held-out evaluations (and sample grids)
+    ema_decay: float = 0.999  # the released generator is this EMA of G's weights
 
 
 @dataclass
@@ -180,6 +207,7 @@ class Config:
     federation: FederationConfig = field(default_factory=FederationConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
 _ = MISSING  # re-exported for sections that add required keys later
@@ -194,6 +222,7 @@ _CHOICES: dict[str, Sequence[str]] = {
     "federation.aggregation": ("fedavg", "fedmedian", "trimmed-mean"),
     "synthesis.label_source": ("atlas", "cohort"),
     "synthesis.device": ("auto", "cpu", "cuda"),
+    "pretrain.source": ("phantom", "cohort"),
 }
 _POSITIVE = [
     "phantom.subjects", "phantom.sites", "phantom.voxel_size", "split.sites", "split.alpha",
@@ -201,13 +230,14 @@ _POSITIVE = [
     "train.checkpoint_every", "train.sample_every", "privacy.target_epsilon", "privacy.delta",
     "privacy.max_grad_norm", "federation.rounds", "federation.local_steps",
     "federation.min_sites", "federation.round_timeout_s", "model.discriminator_channels",
-    "model.discriminator_layers", "model.norm_groups",
+    "model.discriminator_layers", "model.norm_groups", "pretrain.steps", "pretrain.batch_size",
+    "pretrain.lr", "pretrain.eval_every", "pretrain.phantom.subjects",
 ]  # fmt: skip
 _UNIT_INTERVAL = [  # closed [0, 1]
     "phantom.healthy_fraction", "preprocess.min_brain_fraction", "train.tumour_slice_prob",
     "train.beta1", "train.beta2",
 ]  # fmt: skip
-_OPEN_UNIT_INTERVAL = ["split.test_fraction", "privacy.delta"]  # open (0, 1)
+_OPEN_UNIT_INTERVAL = ["split.test_fraction", "privacy.delta", "pretrain.test_fraction"]
 
 
 def _get(cfg: Config, dotted: str) -> Any:
@@ -245,6 +275,13 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError("preprocess.image_size", "must be a multiple of 16 (U-Net depth)")
     if cfg.data.source == "cohort" and not cfg.data.cohort_dir:
         raise ConfigError("data.cohort_dir", "required when data.source is 'cohort'")
+    if not 0.0 <= cfg.pretrain.ema_decay < 1.0:
+        raise ConfigError("pretrain.ema_decay", f"must be in [0, 1), got {cfg.pretrain.ema_decay}")
+    if cfg.pretrain.source == "cohort" and not cfg.pretrain.cohort_dir:
+        raise ConfigError("pretrain.cohort_dir", "required when pretrain.source is 'cohort'")
+    for key in ("phantom.id_prefix", "pretrain.phantom.id_prefix"):
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", _get(cfg, key)):
+            raise ConfigError(key, f"must be letters and digits, got {_get(cfg, key)!r}")
     if not cfg.model.generator_channels or min(cfg.model.generator_channels) <= 0:
         raise ConfigError("model.generator_channels", "must be a non-empty list of positive ints")
     _check_synthesis(cfg.synthesis)

@@ -69,13 +69,18 @@ def _find_config(name: str) -> Path:
 
 
 def initial_generator(cfg: Config) -> dict[str, np.ndarray]:
-    """A freshly initialised generator (seeded by ``cfg.seed``) as name -> float32 array."""
+    """The round-1 generator as name -> float32 array: ``model.init``'s pre-trained weights,
+    or a fresh one seeded by ``cfg.seed``."""
     import torch
 
     from fedsynth.common.models.registry import build_generator
 
     torch.manual_seed(cfg.seed)
     model = build_generator(cfg.model)
+    if cfg.model.init:  # pre-trained on public data: sent to every site in round 1
+        from fedsynth.common.gan.init import apply_init, load_init
+
+        apply_init(load_init(cfg.model.init, cfg.model, cfg.preprocess.image_size), model, None)
     return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
 
 

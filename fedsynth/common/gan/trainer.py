@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from fedsynth.common.config import Config
 from fedsynth.common.errors import CheckpointError
+from fedsynth.common.gan.init import apply_init, load_init
 from fedsynth.common.gan.losses import Pix2PixLoss
 from fedsynth.common.gan.step import GanParts, StepLosses, train_step
 from fedsynth.common.io import checkpoints as ckpt
@@ -144,6 +145,9 @@ class LocalTrainer:
             torch.manual_seed(self.seed)
             g = build_generator(self.cfg.model).to(self.device)
             d = build_discriminator(self.cfg.model).to(self.device)
+        if self.cfg.model.init:  # pre-trained on public data (fedsynth pretrain)
+            init = load_init(self.cfg.model.init, self.cfg.model, self.image_size)
+            apply_init(init, g, d)
         return g, d
 
     def _calibrate(self, where: str) -> float:

@@ -12,11 +12,19 @@ from torch import nn
 from fedsynth.common.config import ModelConfig
 from fedsynth.common.errors import ConfigError
 from fedsynth.common.models.discriminator import ConditionalPatchGAN
-from fedsynth.common.models.generator import UNetGenerator
+from fedsynth.common.models.generator import ResizeConvUNet, UNetGenerator
 
 
 def _unet(cfg: ModelConfig, spatial_dims: int) -> nn.Module:
     return UNetGenerator(
+        spatial_dims=spatial_dims,
+        channels=tuple(cfg.generator_channels),
+        norm_groups=cfg.norm_groups,
+    )
+
+
+def _resunet(cfg: ModelConfig, spatial_dims: int) -> nn.Module:
+    return ResizeConvUNet(
         spatial_dims=spatial_dims,
         channels=tuple(cfg.generator_channels),
         norm_groups=cfg.norm_groups,
@@ -35,6 +43,7 @@ def _patchgan(cfg: ModelConfig, spatial_dims: int) -> nn.Module:
 # name -> (builder, spatial dims). 3-D variants are the same builders with spatial_dims=3.
 GENERATORS: dict[str, tuple[Callable[[ModelConfig, int], nn.Module], int]] = {
     "unet2d": (_unet, 2),
+    "resunet2d": (_resunet, 2),  # resize-convolution upsampling: no checkerboards
     "unet3d": (_unet, 3),
 }
 DISCRIMINATORS: dict[str, tuple[Callable[[ModelConfig, int], nn.Module], int]] = {
@@ -77,5 +86,7 @@ def build_discriminator(cfg: ModelConfig) -> nn.Module:
 
 def architecture_hash(cfg: ModelConfig) -> str:
     """Short fingerprint of the model section: checkpoints store it and loading checks it."""
-    blob = json.dumps(asdict(cfg), sort_keys=True).encode()
+    arch = asdict(cfg)
+    arch.pop("init", None)  # where the weights start from is not part of the architecture
+    blob = json.dumps(arch, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
