@@ -13,7 +13,8 @@ from fedsynth.common.data.cohort import load_split, resolve_cohort
 from fedsynth.common.errors import CheckpointError, DataError
 from fedsynth.common.gan.init import load_init
 from fedsynth.pretrain.public import check_disjoint, fingerprint
-from fedsynth.pretrain.run import PUBLIC_JSON, pretrain
+from fedsynth.common.rundir import PUBLIC_DATA_FILE
+from fedsynth.pretrain.run import pretrain
 
 # The smoke cohort as the sites' data; a 6-subject public phantom cohort at 4 mm.
 PUBLIC = (
@@ -43,14 +44,14 @@ def test_pretrain_writes_init_with_provenance_of_the_public_data(pretrained):
     assert public["training_subjects"] + public["heldout_subjects"] == 6
     assert init.provenance["steps"] == 4 and init.provenance["dp"] is False
     assert init.discriminator is not None
-    assert json.loads((path.parent / PUBLIC_JSON).read_text())["steps"] == 4
+    assert json.loads((path.parent / PUBLIC_DATA_FILE).read_text())["steps"] == 4
     metrics = [json.loads(line) for line in (path.parent / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [2, 4] and metrics[-1]["mean"]["ssim"] > -1
 
 
 def test_public_phantom_subjects_and_scanners_differ_from_the_sites(pretrained, tmp_path):
     cfg, path = pretrained
-    public = load_split(json.loads((path.parent / PUBLIC_JSON).read_text())["public_data"]["folder"])
+    public = load_split(json.loads((path.parent / PUBLIC_DATA_FILE).read_text())["public_data"]["folder"])
     subjects = [s for group in public.sites.values() for s in group] + public.test
     assert all(s.startswith("public_") for s in subjects)
     private = load_split(resolve_cohort(cfg))
@@ -58,7 +59,7 @@ def test_public_phantom_subjects_and_scanners_differ_from_the_sites(pretrained, 
 
 
 def test_model_init_starts_training_from_the_pretrained_weights(pretrained):
-    from fedsynth.common.gan.central import load_central_data
+    from fedsynth.central import load_central_data
     from fedsynth.common.gan.trainer import LocalTrainer
     from fedsynth.server.app import initial_generator
 

@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedsynth.common.gan.central import set_determinism
+    from fedsynth.central import set_determinism
     from fedsynth.pretrain.run import describe_public, pretrain
 
     set_determinism()

@@ -26,8 +26,9 @@ from typing import Any
 
 from fedsynth.common.config import Config, config_to_yaml
 from fedsynth.common.gan.ema import WeightEMA
-from fedsynth.common.gan.init import INIT_FILE, save_init
-from fedsynth.common.gan.rundir import RunDir
+from fedsynth.common.gan.init import save_init
+from fedsynth.common.gan.plots import plot_metrics
+from fedsynth.common.rundir import INIT_FILE, PUBLIC_DATA_FILE, RunDir
 from fedsynth.common.io.atomic import atomic_write_json
 from fedsynth.pretrain.public import (
     check_disjoint,
@@ -37,7 +38,6 @@ from fedsynth.pretrain.public import (
 )
 
 log = logging.getLogger(__name__)
-PUBLIC_JSON = "public.json"
 
 
 def describe_public(cfg: Config) -> str:
@@ -86,7 +86,7 @@ def pretrain(
 ) -> Path:  # fmt: skip
     """Pre-train on ``cfg.pretrain``'s public cohort into ``out``; returns the init file."""
     from fedsynth.common.data.datasets import fixed_eval_slices
-    from fedsynth.common.gan.central import load_central_data
+    from fedsynth.central import load_central_data
     from fedsynth.common.gan.evaluation import eval_indices, evaluate_quality, save_sample_grid
     from fedsynth.common.gan.trainer import LocalTrainer
 
@@ -94,7 +94,7 @@ def pretrain(
     pub = public_config(cfg)
     run = RunDir(out)
     run.create(pub, overwrite=overwrite)
-    atomic_write_json(run.root / PUBLIC_JSON, provenance)
+    atomic_write_json(run.root / PUBLIC_DATA_FILE, provenance)
     data = load_central_data(pub)
     trainer = LocalTrainer(pub, data.train, planned_steps=pub.train.steps, site="public",
                            device=device)  # fmt: skip
@@ -115,12 +115,12 @@ def pretrain(
                  q["mean"].get("ssim", math.nan), q["mean"].get("mae", math.nan))  # fmt: skip
         save_sample_grid(generate, data.test, sample_idx, run.sample_png(trainer.steps_done),
                          title=f"public pre-training, step {trainer.steps_done} (EMA), no DP")  # fmt: skip
-    run.write_plots()
+    plot_metrics(run.read_metrics(), run.plots)
     provenance.update(
         steps=trainer.steps_done, ema_decay=ema.decay, dp=False, seed=pub.seed,
         config_yaml=config_to_yaml(pub),
     )  # fmt: skip
-    atomic_write_json(run.root / PUBLIC_JSON, provenance)
+    atomic_write_json(run.root / PUBLIC_DATA_FILE, provenance)
     return save_init(
         run.root / INIT_FILE, generator=ema.state_dict(),
         discriminator=trainer.discriminator.state_dict(), model=cfg.model,

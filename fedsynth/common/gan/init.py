@@ -23,8 +23,7 @@ from fedsynth.common.config import ModelConfig
 from fedsynth.common.errors import CheckpointError
 from fedsynth.common.io import checkpoints as ckpt
 from fedsynth.common.models.registry import architecture_hash
-
-INIT_FILE = "init.safetensors"
+from fedsynth.common.rundir import INIT_FILE
 ARCHITECTURE = "pretrained-init"
 
 
