@@ -29,6 +29,7 @@ COMMANDS: tuple[str, ...] = (
     "audit",
     "report",
     "privacy_sweep",
+    "study",
     "demo",
     "certs",
     "site_check",

@@ -8,6 +8,7 @@ Every error names the dotted key, e.g. ``config key 'train.lr': must be > 0, got
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -106,6 +107,9 @@ class TrainConfig:
     l1_weight: float = 100.0
     gan_loss: str = "lsgan"  # "lsgan" | "bce"
     tumour_slice_prob: float = 0.7  # chance the sampled slice of a patient shows tumour
+    # Views per sampled patient inside its one clipped gradient: 1 (the slice) or 2 (plus
+    # its left-right mirror). Free in privacy: see docs/privacy.md.
+    views: int = 1
     eval_every: int = 100  # steps between held-out image-quality evaluations
     checkpoint_every: int = 100
     sample_every: int = 100
@@ -123,6 +127,10 @@ class PrivacyConfig:
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     accountant: str = "rdp"  # "rdp" | "prv"
+    # Generator parameters trained (and noised, clipped) at the sites: "all" | "norm+bias" |
+    # "decoder" | "head" (fedsynth.common.gan.trainable). Few parameters from a public
+    # pre-training (model.init) spend a small budget far better than "all" from scratch.
+    trainable: str = "all"
 
 
 @dataclass
@@ -161,6 +169,23 @@ class SynthesisConfig:
     p_translate: float = 0.5  # move the tumour inside the brain
     max_shift_mm: float = 20.0  # per axis, uniform in [-max, max]
     p_remove: float = 0.1  # remove the tumour: a healthy case
+
+
+TRAINABLE_CHOICES: tuple[str, ...] = ("all", "norm+bias", "decoder", "head")
+STUDY_ARMS: tuple[str, ...] = (  # "public-only" | "finetune:<trainable>:<eps>" | "scratch:..."
+    "public-only",
+    *(f"finetune:{t}:{e}" for t in ("norm+bias", "decoder") for e in ("inf", "8", "4", "1")),
+    "scratch:all:8",
+)
+
+
+@dataclass
+class StudyConfig:
+    """``fedsynth study``: generator arms compared on the same held-out patients."""
+
+    arms: list[str] = field(default_factory=lambda: list(STUDY_ARMS))
+    segmentation: bool = True  # per arm: synthesise, then the benchmark's synthetic arms
+    audit: bool = True  # per arm: membership inference and memorisation audit
 
 
 BENCHMARK_ARMS: tuple[str, ...] = (
@@ -208,6 +233,7 @@ class Config:
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
 
 _ = MISSING  # re-exported for sections that add required keys later
@@ -223,6 +249,7 @@ _CHOICES: dict[str, Sequence[str]] = {
     "synthesis.label_source": ("atlas", "cohort"),
     "synthesis.device": ("auto", "cpu", "cuda"),
     "pretrain.source": ("phantom", "cohort"),
+    "privacy.trainable": TRAINABLE_CHOICES,
 }
 _POSITIVE = [
     "phantom.subjects", "phantom.sites", "phantom.voxel_size", "split.sites", "split.alpha",
@@ -268,6 +295,8 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError("preprocess.lower_percentile", "need 0 <= lower < upper <= 100")
     if cfg.train.site != "all" and not re.fullmatch(r"site-\d+", cfg.train.site):
         raise ConfigError("train.site", f"must be 'all' or 'site-<k>', got {cfg.train.site!r}")
+    if cfg.train.views not in (1, 2):
+        raise ConfigError("train.views", f"must be 1 or 2 (slice, mirror), got {cfg.train.views}")
     for key in ("train.eval_slices", "train.sample_slices"):
         if _get(cfg, key) < 0:
             raise ConfigError(key, f"must be >= 0, got {_get(cfg, key)}")
@@ -285,7 +314,28 @@ def _check_ranges(cfg: Config) -> None:
     if not cfg.model.generator_channels or min(cfg.model.generator_channels) <= 0:
         raise ConfigError("model.generator_channels", "must be a non-empty list of positive ints")
     _check_synthesis(cfg.synthesis)
+    for arm in cfg.study.arms:
+        check_study_arm(arm)
     _check_benchmark(cfg.benchmark)
+
+
+def check_study_arm(arm: str) -> tuple[str, str, float]:
+    """"public-only" | "finetune:<trainable>:<eps>" | "scratch:<trainable>:<eps>" ->
+    (kind, trainable, epsilon; inf = no DP); ConfigError naming study.arms otherwise."""
+    if arm == "public-only":
+        return arm, "none", math.inf
+    parts = arm.split(":")
+    try:
+        kind, trainable, eps = parts[0], parts[1], float(parts[2])
+    except (IndexError, ValueError):
+        kind, trainable, eps = "?", "?", math.nan
+    if len(parts) != 3 or kind not in ("finetune", "scratch") or trainable not in TRAINABLE_CHOICES or not eps > 0:
+        raise ConfigError(
+            "study.arms",
+            f"{arm!r}: use public-only, finetune:<trainable>:<epsilon> or scratch:<trainable>:"
+            f"<epsilon> with trainable in {', '.join(TRAINABLE_CHOICES)} and epsilon > 0 or inf",
+        )
+    return kind, trainable, eps
 
 
 def _check_synthesis(syn: SynthesisConfig) -> None:
