@@ -19,6 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fedsynth.common.errors import ConfigError
+from fedsynth.common.sites import site_index
 
 DEFAULT_CACHE_DIR = "~/.cache/fedsynth"
 
@@ -137,7 +138,9 @@ class PrivacyConfig:
 class FederationConfig:
     rounds: int = 10
     local_steps: int = 50
-    aggregation: str = "fedavg"  # "fedavg" | "fedmedian" | "trimmed-mean"
+    # A name in fedsynth.server.strategy.STRATEGIES, checked against it when a run starts
+    # (the registry imports Flower, which the config module must not).
+    aggregation: str = "fedavg"
     trim_fraction: float = 0.2  # for trimmed-mean
     min_sites: int = 2  # a round with fewer successful sites fails
     round_timeout_s: float = 3600.0
@@ -245,7 +248,6 @@ _CHOICES: dict[str, Sequence[str]] = {
     "train.gan_loss": ("lsgan", "bce"),
     "train.device": ("auto", "cpu", "cuda"),
     "privacy.accountant": ("rdp", "prv"),
-    "federation.aggregation": ("fedavg", "fedmedian", "trimmed-mean"),
     "synthesis.label_source": ("atlas", "cohort"),
     "synthesis.device": ("auto", "cpu", "cuda"),
     "pretrain.source": ("phantom", "cohort"),
@@ -293,7 +295,7 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError("federation.client_cpus", "client resources must be > 0 CPUs, >= 0 GPUs")
     if not 0 <= cfg.preprocess.lower_percentile < cfg.preprocess.upper_percentile <= 100:
         raise ConfigError("preprocess.lower_percentile", "need 0 <= lower < upper <= 100")
-    if cfg.train.site != "all" and not re.fullmatch(r"site-\d+", cfg.train.site):
+    if cfg.train.site != "all" and site_index(cfg.train.site) is None:
         raise ConfigError("train.site", f"must be 'all' or 'site-<k>', got {cfg.train.site!r}")
     if cfg.train.views not in (1, 2):
         raise ConfigError("train.views", f"must be 1 or 2 (slice, mirror), got {cfg.train.views}")
