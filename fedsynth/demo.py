@@ -4,8 +4,10 @@ Stages, each resumable (a finished stage leaves ``<out>/stages/<name>.json`` and
 recomputed when the demo is run again on the same ``--out``):
 
 1. ``cohort``     build (or reuse) the phantom cohort, validate every case, draw a preview
-2. ``federated``  train pix2pix across the sites with Flower, DP on both GAN steps
-3. ``synthesis``  synthetic BraTS cohort from the federated generator, with a datasheet
+2. ``pretrain``   (pretrain.enabled) pre-train G and D on the PUBLIC cohort, no DP
+3. ``federated``  train pix2pix across the sites with Flower, DP on both GAN steps, starting
+                  from the public pre-training when there is one
+4. ``synthesis``  synthetic BraTS cohort from the federated generator, with a datasheet
 
 Later stages of the pipeline (segmentation benchmark, audit, report) join this list as
 they are built; the demo runs what exists and says so.
@@ -17,14 +19,14 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from fedsynth.common.config import Config, config_to_yaml
 from fedsynth.common.errors import DataError
 from fedsynth.common.io.atomic import atomic_write_json, atomic_write_text
-from fedsynth.common.rundir import DemoDir
+from fedsynth.common.rundir import INIT_FILE, DemoDir
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +58,36 @@ def _cohort(cfg: Config, out: Path) -> dict[str, Any]:
     }
 
 
+def _pretrain(cfg: Config, out: Path) -> dict[str, Any]:
+    from fedsynth.pretrain.run import describe_public, pretrain
+
+    if not cfg.pretrain.enabled:
+        return {"skipped": "pretrain.enabled is false: the federation starts from scratch"}
+    run = DemoDir(out).pretrain
+    init = pretrain(cfg, run.root, overwrite=True)
+    last = run.read_metrics()[-1]
+    return {
+        "init": str(init),
+        "public_data": describe_public(cfg),
+        "steps": last["step"],
+        "public_heldout_ssim": last["mean"].get("ssim"),
+    }
+
+
+def with_pretrained_init(cfg: Config, out: Path) -> Config:
+    """``cfg`` starting from the demo's public pre-training, when it made one."""
+    init = DemoDir(out).pretrain.root / INIT_FILE
+    if not cfg.pretrain.enabled or cfg.model.init:
+        return cfg
+    if not init.is_file():
+        raise DataError(init, "pretrain.enabled, but the pre-training stage left no init file")
+    return replace(cfg, model=replace(cfg.model, init=str(init)))
+
+
 def _federated(cfg: Config, out: Path) -> dict[str, Any]:
     from fedsynth.simulation import simulate
 
+    cfg = with_pretrained_init(cfg, out)
     run = DemoDir(out).federated
     run_dir = run.root
     done = simulate(cfg, run_dir)  # resumes from the last completed round if interrupted
@@ -114,6 +143,7 @@ def _report(cfg: Config, out: Path) -> dict[str, Any]:
 
 STAGES: tuple[Stage, ...] = (
     Stage("cohort", "phantom cohort: build, validate, preview", _cohort),
+    Stage("pretrain", "public pre-training of the generator (no DP, public data)", _pretrain),
     Stage("federated", "federated pix2pix training with DP (Flower simulation)", _federated),
     Stage("synthesis", "synthetic cohort from the federated generator", _synthesis),
     Stage("benchmark", "segmentation benchmark against locally trained baselines", _benchmark),

@@ -83,6 +83,9 @@ class PretrainConfig:
     with the sites or the test patients; checked). Its held-out part is public too, so
     hyper-parameters may be tuned on it."""
 
+    # The demo pre-trains first and federates from it (model.init) when true; `fedsynth
+    # pretrain` and `fedsynth study` always pre-train.
+    enabled: bool = False
     source: str = "phantom"  # "phantom" (the public phantom cohort below) or "cohort"
     cohort_dir: str | None = None  # a public BraTS-layout folder when source == "cohort"
     phantom: PhantomConfig = field(

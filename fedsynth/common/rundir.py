@@ -37,8 +37,8 @@ budget, each with ``done.json`` when finished), ``sweep.csv``, ``sweep.md``, ``p
 ``report.html``.
 
 A **demo** folder (``fedsynth demo``), class ``DemoDir``: ``config.yaml``,
-``stages/<stage>.json`` (a finished stage), ``cohort_preview.png``, ``federated/`` (a training
-run) and ``synthetic/`` (its synthetic cohort).
+``stages/<stage>.json`` (a finished stage), ``cohort_preview.png``, ``pretrain/`` (a
+pre-training folder, when pretrain.enabled), ``federated/`` (a training run) and ``synthetic/`` (its synthetic cohort).
 
 A **pre-training** folder (``fedsynth pretrain``): a training run (``config.yaml``,
 ``metrics.jsonl``, ``samples/``, ``plots/``) plus ``PUBLIC_DATA_FILE`` (which public cohort,
@@ -258,6 +258,7 @@ class DemoDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.config = self.root / CONFIG_FILE
+        self.pretrain = RunDir(self.root / "pretrain")  # public pre-training (INIT_FILE)
         self.federated = RunDir(self.root / "federated")
         self.synthetic = self.root / SYNTHETIC_DIR
         self.preview = self.root / "cohort_preview.png"
