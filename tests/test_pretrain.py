@@ -12,8 +12,8 @@ from fedsynth.common.config import load_config
 from fedsynth.common.data.cohort import load_split, resolve_cohort
 from fedsynth.common.errors import CheckpointError, DataError
 from fedsynth.common.gan.init import load_init
-from fedsynth.pretrain.public import check_disjoint, fingerprint
 from fedsynth.common.rundir import PUBLIC_DATA_FILE
+from fedsynth.pretrain.public import check_disjoint, fingerprint
 from fedsynth.pretrain.run import pretrain
 
 # The smoke cohort as the sites' data; a 6-subject public phantom cohort at 4 mm.
@@ -25,7 +25,9 @@ PUBLIC = (
 
 
 def _cfg(tmp_path, *extra):
-    return load_config("configs/smoke.yaml", [f"data.cache_dir={tmp_path / 'cache'}", *PUBLIC, *extra])
+    return load_config(
+        "configs/smoke.yaml", [f"data.cache_dir={tmp_path / 'cache'}", *PUBLIC, *extra]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +47,17 @@ def test_pretrain_writes_init_with_provenance_of_the_public_data(pretrained):
     assert init.provenance["steps"] == 4 and init.provenance["dp"] is False
     assert init.discriminator is not None
     assert json.loads((path.parent / PUBLIC_DATA_FILE).read_text())["steps"] == 4
-    metrics = [json.loads(line) for line in (path.parent / "metrics.jsonl").read_text().splitlines()]
+    metrics = [
+        json.loads(line) for line in (path.parent / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [m["step"] for m in metrics] == [2, 4] and metrics[-1]["mean"]["ssim"] > -1
 
 
 def test_public_phantom_subjects_and_scanners_differ_from_the_sites(pretrained, tmp_path):
     cfg, path = pretrained
-    public = load_split(json.loads((path.parent / PUBLIC_DATA_FILE).read_text())["public_data"]["folder"])
+    public = load_split(
+        json.loads((path.parent / PUBLIC_DATA_FILE).read_text())["public_data"]["folder"]
+    )
     subjects = [s for group in public.sites.values() for s in group] + public.test
     assert all(s.startswith("public_") for s in subjects)
     private = load_split(resolve_cohort(cfg))
@@ -108,5 +114,7 @@ def test_public_cohort_holding_a_renamed_copy_of_a_site_patient_is_refused(tmp_p
     (public / "donor_0001").mkdir()
     for f in (private / victim).resolve().iterdir():  # renamed, same voxels
         shutil.copy(f, public / "donor_0001" / f.name.replace(victim, "donor_0001"))
-    with pytest.raises(DataError, match=rf"1 subject\(s\) have images identical.*donor_0001 = {victim}\)"):
+    with pytest.raises(
+        DataError, match=rf"1 subject\(s\) have images identical.*donor_0001 = {victim}\)"
+    ):
         check_disjoint(fingerprint(public), fingerprint(private))

@@ -16,7 +16,9 @@ RES = ("model.generator=resunet2d", "model.generator_channels=[4,8]")
 
 
 def test_norm_and_bias_selects_groupnorm_and_biases_only():
-    g = build_generator(ModelConfig(generator="resunet2d", generator_channels=[8, 16, 32], norm_groups=4))
+    g = build_generator(
+        ModelConfig(generator="resunet2d", generator_channels=[8, 16, 32], norm_groups=4)
+    )
     names = select_trainable(g, "norm+bias")
     assert names and all(n.endswith("bias") or ".adn.N." in n for n in names)
     trainable, total = count_parameters(g)
@@ -55,7 +57,9 @@ def test_two_views_are_averaged_inside_one_clipped_gradient_per_patient():
     torch.manual_seed(0)
     g, d = build_generator(cfg.model), build_discriminator(cfg.model)
     cache = fake_cache()
-    cond = torch.from_numpy(__import__("numpy").eye(7, dtype="float32")[cache.tissue[:3]]).permute(0, 3, 1, 2)
+    cond = torch.from_numpy(__import__("numpy").eye(7, dtype="float32")[cache.tissue[:3]]).permute(
+        0, 3, 1, 2
+    )
     real = torch.from_numpy(cache.images[:3])
     vc, vr = with_views(cond, real, 2)
     assert torch.equal(vc[3:], cond.flip(-2))

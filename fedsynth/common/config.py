@@ -325,7 +325,7 @@ def _check_ranges(cfg: Config) -> None:
 
 
 def check_study_arm(arm: str) -> tuple[str, str, float]:
-    """"public-only" | "finetune:<trainable>:<eps>" | "scratch:<trainable>:<eps>" ->
+    """ "public-only" | "finetune:<trainable>:<eps>" | "scratch:<trainable>:<eps>" ->
     (kind, trainable, epsilon; inf = no DP); ConfigError naming study.arms otherwise."""
     if arm == "public-only":
         return arm, "none", math.inf
@@ -334,7 +334,12 @@ def check_study_arm(arm: str) -> tuple[str, str, float]:
         kind, trainable, eps = parts[0], parts[1], float(parts[2])
     except (IndexError, ValueError):
         kind, trainable, eps = "?", "?", math.nan
-    if len(parts) != 3 or kind not in ("finetune", "scratch") or trainable not in TRAINABLE_CHOICES or not eps > 0:
+    if (
+        len(parts) != 3
+        or kind not in ("finetune", "scratch")
+        or trainable not in TRAINABLE_CHOICES
+        or not eps > 0
+    ):
         raise ConfigError(
             "study.arms",
             f"{arm!r}: use public-only, finetune:<trainable>:<epsilon> or scratch:<trainable>:"

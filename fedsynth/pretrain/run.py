@@ -28,8 +28,8 @@ from fedsynth.common.config import Config, config_to_yaml
 from fedsynth.common.gan.ema import WeightEMA
 from fedsynth.common.gan.init import save_init
 from fedsynth.common.gan.plots import plot_metrics
-from fedsynth.common.rundir import INIT_FILE, PUBLIC_DATA_FILE, RunDir
 from fedsynth.common.io.atomic import atomic_write_json
+from fedsynth.common.rundir import INIT_FILE, PUBLIC_DATA_FILE, RunDir
 from fedsynth.pretrain.public import (
     check_disjoint,
     fingerprint,
@@ -85,8 +85,8 @@ def pretrain(
     device: str | None = None,
 ) -> Path:  # fmt: skip
     """Pre-train on ``cfg.pretrain``'s public cohort into ``out``; returns the init file."""
-    from fedsynth.common.data.datasets import fixed_eval_slices
     from fedsynth.central import load_central_data
+    from fedsynth.common.data.datasets import fixed_eval_slices
     from fedsynth.common.gan.evaluation import eval_indices, evaluate_quality, save_sample_grid
     from fedsynth.common.gan.trainer import LocalTrainer
 

@@ -24,6 +24,7 @@ from fedsynth.common.errors import CheckpointError
 from fedsynth.common.io import checkpoints as ckpt
 from fedsynth.common.models.registry import architecture_hash
 from fedsynth.common.rundir import INIT_FILE
+
 ARCHITECTURE = "pretrained-init"
 
 
@@ -69,7 +70,10 @@ def save_init(
     provenance: dict[str, Any],
 ) -> Path:
     """Write an init file atomically; ``provenance`` must be JSON-serialisable."""
-    tensors = {**ckpt.prefixed("generator", generator), **ckpt.prefixed("discriminator", discriminator)}
+    tensors = {
+        **ckpt.prefixed("generator", generator),
+        **ckpt.prefixed("discriminator", discriminator),
+    }
     model_dict = asdict(model)
     model_dict["init"] = None  # the file describes its own start in provenance, not here
     return ckpt.save_checkpoint(

@@ -55,7 +55,9 @@ def _selected(model: nn.Module, choice: str) -> set[str]:
                 f"resunet2d); {type(model).__name__} has {sorted(parts)}",
             )
         return {n for n in names if n.split(".")[0] in ("decoder", "head")}
-    raise ConfigError("privacy.trainable", f"unknown choice {choice!r}; valid: {', '.join(TRAINABLE)}")
+    raise ConfigError(
+        "privacy.trainable", f"unknown choice {choice!r}; valid: {', '.join(TRAINABLE)}"
+    )
 
 
 def select_trainable(model: nn.Module, choice: str) -> list[str]:

@@ -25,8 +25,8 @@ from fedsynth.common.config import Config
 from fedsynth.common.errors import CheckpointError
 from fedsynth.common.gan.init import apply_init, load_init
 from fedsynth.common.gan.losses import Pix2PixLoss
-from fedsynth.common.gan.trainable import select_trainable
 from fedsynth.common.gan.step import GanParts, StepLosses, train_step
+from fedsynth.common.gan.trainable import select_trainable
 from fedsynth.common.io import checkpoints as ckpt
 from fedsynth.common.models.generator import CONDITION_CHANNELS, IMAGE_CHANNELS
 from fedsynth.common.models.registry import (
