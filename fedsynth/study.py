@@ -79,11 +79,9 @@ def _train_arm(cfg: Config, arm: str, init: Path, folder: Path) -> tuple[Path, C
     return RunDir(folder).generator, acfg
 
 
-def _quality(cfg: Config, checkpoint: Path, folder: Path, test: Any) -> dict[str, Any]:
+def _generate_fn(checkpoint: Path, cfg: Config) -> Any:
     import torch
 
-    from fedsynth.common.data.datasets import fixed_eval_slices
-    from fedsynth.common.gan.evaluation import eval_indices, evaluate_quality, save_sample_grid
     from fedsynth.synthesis.generator_io import load_generator
 
     g = load_generator(checkpoint, fallback=cfg).module
@@ -91,6 +89,15 @@ def _quality(cfg: Config, checkpoint: Path, folder: Path, test: Any) -> dict[str
     @torch.no_grad()
     def generate(cond: torch.Tensor) -> torch.Tensor:
         return torch.cat([g(cond[i : i + 32]) for i in range(0, len(cond), 32)])
+
+    return generate
+
+
+def _quality(cfg: Config, checkpoint: Path, folder: Path, test: Any) -> dict[str, Any]:
+    from fedsynth.common.data.datasets import fixed_eval_slices
+    from fedsynth.common.gan.evaluation import eval_indices, evaluate_quality, save_sample_grid
+
+    generate = _generate_fn(checkpoint, cfg)
 
     idx = eval_indices(test, cfg.train.eval_slices, cfg.seed)
     q = evaluate_quality(generate, test, idx)
@@ -164,6 +171,7 @@ def run_study(cfg: Config, out: Path, arms: list[str] | None = None) -> Path:
         print(f"[{i}/{len(arms)}] {arm} ...", flush=True)
         rows.append(run_arm(cfg, arm, init, out, test))
     atomic_write_json(out / "study.json", {"arms": rows, "test_patients": len(test.patients)})
+    compare_grid(cfg, rows, test, out / "samples.png")
     atomic_write_text(out / "study.md", study_table(rows, len(test.patients)))
     return out / "study.md"
 
@@ -183,3 +191,57 @@ def study_table(rows: list[dict[str, Any]], test_patients: int) -> str:
                  f"{m['ssim']:.3f}", f"{m['mae']:.3f}", f"{m['psnr']:.2f}"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def compare_grid(cfg: Config, rows: list[dict[str, Any]], test: Any, path: Path) -> Path:
+    """PNG: for two fixed held-out label maps, the real contrasts, then each arm's fakes.
+
+    One row per arm (the first: the label map and the real images), columns t1, t1c, t2,
+    flair for each of the two slices. Same slices for every arm.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from fedsynth.common.data.datasets import fixed_eval_slices
+    from fedsynth.common.gan.evaluation import _batch, label_map_rgb
+    from fedsynth.common.io.atomic import save_figure
+
+    idx = fixed_eval_slices(test, 2, cfg.seed)
+    cond, real = _batch(test, idx)
+
+    def upright(img: np.ndarray) -> np.ndarray:  # RAS (x, y) arrays: anterior at the top
+        return img.transpose(1, 0, *range(2, img.ndim))[::-1]
+
+    def grey(x: Any) -> np.ndarray:
+        g = (np.asarray(x).clip(-1, 1) + 1) / 2
+        return np.repeat(g[..., None], 3, axis=2)
+
+    def strip(images: Any, first: np.ndarray) -> np.ndarray:
+        panels = [first]
+        for s in range(len(idx)):
+            panels += [grey(images[s, c]) for c in range(images.shape[1])]
+        return np.concatenate([upright(p) for p in panels], axis=1)
+
+    blank = np.ones((*cond.shape[-2:], 3))
+    lines = [strip(real.numpy(), label_map_rgb(cond[0].numpy()))]
+    names = ["real (label map, slice 1 | slice 2)"]
+    for r in rows:
+        lines.append(strip(_generate_fn(Path(r["checkpoint"]), cfg)(cond).numpy(), blank))
+        eps = "no site data" if r["arm"] == "public-only" else (
+            "no DP" if not r.get("dp") else f"eps {r['epsilon']:.2g}")  # fmt: skip
+        names.append(f"{r['arm']} ({eps})")
+    mosaic = np.concatenate(lines, axis=0)
+    size = cond.shape[-1]
+    fig, ax = plt.subplots(figsize=(mosaic.shape[1] / 50, mosaic.shape[0] / 50 + 0.6))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_yticks([size * (i + 0.5) for i in range(len(names))], names, fontsize=7)
+    contrasts = ["t1", "t1c", "t2", "flair"]
+    ax.set_xticks([size * (i + 1.5) for i in range(2 * len(contrasts))], contrasts * 2, fontsize=7)
+    ax.set_title("held-out label maps rendered by each generator arm", fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=100)
+    plt.close(fig)
+    return path

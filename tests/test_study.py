@@ -38,4 +38,5 @@ def test_public_only_arm_is_scored_on_the_held_out_patients(tmp_path):
     assert row["arm"] == "public-only" and row["epsilon"] == 0.0
     assert set(row["quality"]) == {"t1", "t1c", "t2", "flair"} and row["slices"] == 4
     assert (tmp_path / "study" / "arms" / "public-only" / "samples.png").is_file()
+    assert (tmp_path / "study" / "samples.png").stat().st_size > 0
     assert "| public-only | 0 (no site data) |" in table.read_text()
