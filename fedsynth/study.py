@@ -31,10 +31,30 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from fedsynth.audit.writer import run_audit
+from fedsynth.benchmark.runner import run_benchmark
+from fedsynth.central import load_central_data
 from fedsynth.common.config import Config, check_study_arm, config_to_yaml
+from fedsynth.common.data.datasets import fixed_eval_slices
 from fedsynth.common.errors import FedsynthError
-from fedsynth.common.io.atomic import atomic_write_json, atomic_write_text
+from fedsynth.common.gan.evaluation import (
+    eval_indices,
+    evaluate_quality,
+    label_map_rgb,
+    save_sample_grid,
+    slice_batch,
+)
+from fedsynth.common.io.atomic import atomic_write_json, atomic_write_text, save_figure
 from fedsynth.common.rundir import INIT_FILE, RunDir
+from fedsynth.pretrain.run import pretrain
+from fedsynth.simulation import simulate
+from fedsynth.sweep.budgets import SYNTHETIC_ARMS
+from fedsynth.synthesis.generate import synthesize
+from fedsynth.synthesis.generator_io import load_generator
 
 log = logging.getLogger(__name__)
 QUALITY_FILE = "quality.json"
@@ -57,8 +77,6 @@ def arm_config(cfg: Config, arm: str, init: Path) -> Config:
 
 
 def _pretrained(cfg: Config, out: Path) -> Path:
-    from fedsynth.pretrain.run import pretrain
-
     init = out / "pretrain" / INIT_FILE
     if init.is_file():
         return init
@@ -70,8 +88,6 @@ def _train_arm(cfg: Config, arm: str, init: Path, folder: Path) -> tuple[Path, C
     """The arm's released generator checkpoint and config (public-only: the init file)."""
     if arm == "public-only":
         return init, cfg
-    from fedsynth.simulation import simulate
-
     acfg = arm_config(cfg, arm, init)
     rounds = simulate(acfg, folder)
     if rounds < acfg.federation.rounds:
@@ -80,10 +96,6 @@ def _train_arm(cfg: Config, arm: str, init: Path, folder: Path) -> tuple[Path, C
 
 
 def _generate_fn(checkpoint: Path, cfg: Config) -> Any:
-    import torch
-
-    from fedsynth.synthesis.generator_io import load_generator
-
     g = load_generator(checkpoint, fallback=cfg).module
 
     @torch.no_grad()
@@ -94,9 +106,6 @@ def _generate_fn(checkpoint: Path, cfg: Config) -> Any:
 
 
 def _quality(cfg: Config, checkpoint: Path, folder: Path, test: Any) -> dict[str, Any]:
-    from fedsynth.common.data.datasets import fixed_eval_slices
-    from fedsynth.common.gan.evaluation import eval_indices, evaluate_quality, save_sample_grid
-
     generate = _generate_fn(checkpoint, cfg)
 
     idx = eval_indices(test, cfg.train.eval_slices, cfg.seed)
@@ -136,10 +145,6 @@ def _privacy_of(arm: str, folder: Path, acfg: Config) -> dict[str, Any]:
 
 
 def _segmentation(acfg: Config, checkpoint: Path, folder: Path) -> dict[str, Any]:
-    from fedsynth.benchmark.runner import run_benchmark
-    from fedsynth.sweep.budgets import SYNTHETIC_ARMS
-    from fedsynth.synthesis.generate import synthesize
-
     synthetic = folder / "synthetic"
     synthesize(acfg, checkpoint, synthetic, cases=acfg.benchmark.synthetic_cases, overwrite=True)
     bcfg = dataclasses.replace(acfg, benchmark=dataclasses.replace(acfg.benchmark,
@@ -149,16 +154,12 @@ def _segmentation(acfg: Config, checkpoint: Path, folder: Path) -> dict[str, Any
 
 
 def _audit(folder: Path) -> float | None:
-    from fedsynth.audit.writer import run_audit
-
     audit = run_audit(folder, synthetic_dir=folder / "synthetic", overwrite=True)
     return audit.report["membership"]["overall"]["auc"]
 
 
 def run_study(cfg: Config, out: Path, arms: list[str] | None = None) -> Path:
     """Pre-train once, then every arm; writes study.json and study.md; returns study.md."""
-    from fedsynth.central import load_central_data
-
     arms = list(arms or cfg.study.arms)
     for arm in arms:
         check_study_arm(arm)
@@ -199,18 +200,8 @@ def compare_grid(cfg: Config, rows: list[dict[str, Any]], test: Any, path: Path)
     One row per arm (the first: the label map and the real images), columns t1, t1c, t2,
     flair for each of the two slices. Same slices for every arm.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from fedsynth.common.data.datasets import fixed_eval_slices
-    from fedsynth.common.gan.evaluation import _batch, label_map_rgb
-    from fedsynth.common.io.atomic import save_figure
-
     idx = fixed_eval_slices(test, 2, cfg.seed)
-    cond, real = _batch(test, idx)
+    cond, real = slice_batch(test, idx)
 
     def upright(img: np.ndarray) -> np.ndarray:  # RAS (x, y) arrays: anterior at the top
         return img.transpose(1, 0, *range(2, img.ndim))[::-1]
@@ -235,7 +226,8 @@ def compare_grid(cfg: Config, rows: list[dict[str, Any]], test: Any, path: Path)
         names.append(f"{r['arm']} ({eps})")
     mosaic = np.concatenate(lines, axis=0)
     size = cond.shape[-1]
-    fig, ax = plt.subplots(figsize=(mosaic.shape[1] / 50, mosaic.shape[0] / 50 + 0.6))
+    fig = Figure(figsize=(mosaic.shape[1] / 50, mosaic.shape[0] / 50 + 0.6))
+    ax = fig.subplots()
     ax.imshow(mosaic, interpolation="nearest")
     ax.set_yticks([size * (i + 0.5) for i in range(len(names))], names, fontsize=7)
     contrasts = ["t1", "t1c", "t2", "flair"]
@@ -243,5 +235,4 @@ def compare_grid(cfg: Config, rows: list[dict[str, Any]], test: Any, path: Path)
     ax.set_title("held-out label maps rendered by each generator arm", fontsize=8)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
-    plt.close(fig)
     return path

@@ -24,10 +24,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm import tqdm
+
+from fedsynth.central import load_central_data
 from fedsynth.common.config import Config, config_to_yaml
+from fedsynth.common.data.cohort import load_split, resolve_cohort
+from fedsynth.common.data.datasets import fixed_eval_slices
 from fedsynth.common.gan.ema import WeightEMA
+from fedsynth.common.gan.evaluation import eval_indices, evaluate_quality, save_sample_grid
 from fedsynth.common.gan.init import save_init
 from fedsynth.common.gan.plots import plot_metrics
+from fedsynth.common.gan.trainer import LocalTrainer
 from fedsynth.common.io.atomic import atomic_write_json
 from fedsynth.common.rundir import INIT_FILE, PUBLIC_DATA_FILE, RunDir
 from fedsynth.pretrain.public import (
@@ -54,8 +62,6 @@ def describe_public(cfg: Config) -> str:
 
 def check_public_cohort(cfg: Config) -> dict[str, Any]:
     """Resolve the public and the private cohort; refuse overlap (DataError); provenance."""
-    from fedsynth.common.data.cohort import load_split, resolve_cohort
-
     pub = public_config(cfg)
     public_dir, private_dir = resolve_cohort(pub), resolve_cohort(cfg)
     public_fp, private_fp = fingerprint(public_dir), fingerprint(private_dir)
@@ -85,11 +91,6 @@ def pretrain(
     device: str | None = None,
 ) -> Path:  # fmt: skip
     """Pre-train on ``cfg.pretrain``'s public cohort into ``out``; returns the init file."""
-    from fedsynth.central import load_central_data
-    from fedsynth.common.data.datasets import fixed_eval_slices
-    from fedsynth.common.gan.evaluation import eval_indices, evaluate_quality, save_sample_grid
-    from fedsynth.common.gan.trainer import LocalTrainer
-
     provenance = check_public_cohort(cfg)  # before anything is trained or written
     pub = public_config(cfg)
     run = RunDir(out)
@@ -130,8 +131,6 @@ def pretrain(
 
 def _train_with_ema(trainer: Any, ema: WeightEMA, n: int, progress: bool) -> dict[str, float]:
     """``n`` steps, the EMA updated after each; mean losses of the steps."""
-    from tqdm import tqdm
-
     sums = {"loss_d": 0.0, "loss_g_adv": 0.0, "loss_g_l1": 0.0}
     counted = 0
     for _ in tqdm(range(n), desc="pretrain", disable=not progress, leave=False):
@@ -144,9 +143,7 @@ def _train_with_ema(trainer: Any, ema: WeightEMA, n: int, progress: bool) -> dic
     return {k: v / counted if counted else math.nan for k, v in sums.items()}
 
 
-def _generate_with(module: Any):
-    import torch
-
+def _generate_with(module: Any) -> Any:
     @torch.no_grad()
     def generate(cond: torch.Tensor) -> torch.Tensor:
         device = next(module.parameters()).device
