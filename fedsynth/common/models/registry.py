@@ -40,18 +40,13 @@ def _patchgan2d(cfg: ModelConfig) -> nn.Module:
     )
 
 
-def _resunet2d(cfg: ModelConfig) -> nn.Module:
-    return ResizeConvUNet(
-        spatial_dims=2,
-        channels=tuple(cfg.generator_channels),
-        norm_groups=cfg.norm_groups,
-    )
-
-
 # name (model.generator / model.discriminator) -> builder. Only 2-D networks: the whole
 # pipeline (slices, trainer, synthesis) is 2-D; a 3-D variant joins with a tested 3-D path.
 Builder = Callable[[ModelConfig], nn.Module]
-GENERATORS: dict[str, Builder] = {"unet2d": _unet2d}
+GENERATORS: dict[str, Builder] = {
+    "unet2d": _unet2d,
+    "resunet2d": _resunet2d,  # resize-convolution upsampling: no checkerboards
+}
 DISCRIMINATORS: dict[str, Builder] = {"patchgan2d": _patchgan2d}
 
 
