@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gan_fakes import fake_cache, tiny_config
+from helpers.gan_fakes import fake_cache, tiny_config
 
 from fedsynth.common.config import ModelConfig
 from fedsynth.common.errors import ConfigError
