@@ -49,7 +49,7 @@ from fedsynth.common.gan.evaluation import (
     slice_batch,
 )
 from fedsynth.common.io.atomic import atomic_write_json, atomic_write_text, save_figure
-from fedsynth.common.rundir import INIT_FILE, RunDir
+from fedsynth.common.rundir import CONFIG_FILE, INIT_FILE, RunDir
 from fedsynth.pretrain.run import pretrain
 from fedsynth.simulation import simulate
 from fedsynth.sweep.budgets import SYNTHETIC_ARMS
@@ -164,7 +164,7 @@ def run_study(cfg: Config, out: Path, arms: list[str] | None = None) -> Path:
     for arm in arms:
         check_study_arm(arm)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", config_to_yaml(cfg))
+    atomic_write_text(out / CONFIG_FILE, config_to_yaml(cfg))
     init = _pretrained(cfg, out)
     test = load_central_data(cfg).test
     rows = []
