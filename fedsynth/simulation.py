@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from fedsynth.common.config import Config
 
@@ -48,17 +49,20 @@ def backend_config(cfg: Config, ray_tmp: Path) -> dict:
     }
 
 
-def simulate(cfg: Config, run_dir: Path) -> int:
-    """Run the federation; returns the last completed round."""
+def simulate(cfg: Config, run_dir: Path, client_app: Any = None) -> int:
+    """Run the federation; returns the last completed round.
+
+    ``client_app``: a ClientApp in place of fedsynth's (tests: a site that misbehaves).
+    """
     from flwr.simulation import run_simulation
 
-    from fedsynth.client.app import app as client_app
+    from fedsynth.client.app import app as fedsynth_client
     from fedsynth.common.data.cohort import resolve_cohort
     from fedsynth.server import checkpointing
     from fedsynth.server.app import ServerSettings, make_server_app, write_run_config
-    from fedsynth.server.strategy import strategy_class
+    from fedsynth.server.strategy import check_aggregation
 
-    strategy_class(cfg.federation.aggregation)  # refuse an unknown name before any file is written
+    check_aggregation(cfg, cfg.split.sites)  # refuse a bad rule before any file is written
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_config(run_dir, cfg)
     resolve_cohort(cfg)  # generate a phantom cohort once, here, not in K racing workers
@@ -66,7 +70,7 @@ def simulate(cfg: Config, run_dir: Path) -> int:
     with flower_environment(run_dir) as ray_tmp:
         run_simulation(
             server_app=make_server_app(settings),
-            client_app=client_app,
+            client_app=client_app or fedsynth_client,
             num_supernodes=cfg.split.sites,
             backend_config=backend_config(cfg, ray_tmp),  # type: ignore[arg-type]
         )

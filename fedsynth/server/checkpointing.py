@@ -41,6 +41,8 @@ class ServerState:
     history: list[dict[str, Any]] = field(default_factory=list)  # one summary per round
     sites: dict[str, dict[str, Any]] = field(default_factory=dict)  # latest privacy per site
     seconds: float = 0.0  # wall time of completed rounds
+    declared: dict[str, float] = field(default_factory=dict)  # site -> first num-examples
+    site_nodes: dict[str, int] = field(default_factory=dict)  # site -> node id that was it
 
 
 def save_generator(

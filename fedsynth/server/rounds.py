@@ -31,7 +31,13 @@ from fedsynth.common.io.atomic import append_jsonl
 from fedsynth.common.rundir import RunDir
 from fedsynth.server import checkpointing
 from fedsynth.server.privacy_report import site_privacy_entry, write_federated_privacy
-from fedsynth.server.strategy import DECLINED, OK, GeneratorUpdates, RoundOutcome, round_metrics
+from fedsynth.server.strategy import (
+    DECLINED,
+    OK,
+    GeneratorUpdates,
+    RoundOutcome,
+    round_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +74,8 @@ def round_row(
         "step": outcome.round * local_steps,
     }
     row.update({k.replace("-", "_"): _clean(float(v)) for k, v in metrics.items()})  # type: ignore[arg-type]
+    if outcome.reason:
+        row["reason"] = outcome.reason  # why the global generator did not change
     row["epsilon"] = row.get("epsilon_max")  # worst site: the run's epsilon, as in central rows
     row["seconds"] = round(seconds, 3)
     return row
@@ -144,6 +152,9 @@ class RoundRecorder:
                 self.state.sites[s.site] = site_privacy_entry(
                     s.metrics, s.history, self.cfg.privacy.enabled
                 )
+        if self.strategy is not None:  # weight caps survive a resume; who was which site
+            self.state.declared = dict(self.strategy.declared)
+            self.state.site_nodes.update(self.strategy.owners)
         self.state.round = outcome.round
         self.state.checkpoint = path.name
         self.state.seconds += seconds
@@ -160,7 +171,7 @@ class RoundRecorder:
         log.info(
             "round %d/%d: %d/%d sites ok%s, epsilon max %s, %s, %.1f s",
             outcome.round, self.state.rounds, outcome.count(OK), len(outcome.sites),
-            "" if outcome.aggregated else " (NOT aggregated: too few sites)",
+            "" if outcome.aggregated else f" (NOT aggregated: {outcome.reason})",
             "n/a" if eps is None else f"{eps:.2f}", losses or "no losses", summary["seconds"],
         )  # fmt: skip
 
