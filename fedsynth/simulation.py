@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsynth.common.config import Config
+from fedsynth.common.io.atomic import mark_output
 
 
 @contextlib.contextmanager
@@ -63,7 +64,7 @@ def simulate(cfg: Config, run_dir: Path, client_app: Any = None) -> int:
     from fedsynth.server.strategy import check_aggregation
 
     check_aggregation(cfg, cfg.split.sites)  # refuse a bad rule before any file is written
-    run_dir.mkdir(parents=True, exist_ok=True)
+    mark_output(run_dir)  # fedsynth's run folder: --overwrite may replace it later
     write_run_config(run_dir, cfg)
     resolve_cohort(cfg)  # generate a phantom cohort once, here, not in K racing workers
     settings = ServerSettings(cfg, run_dir, expected_sites=cfg.split.sites)

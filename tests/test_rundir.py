@@ -8,7 +8,13 @@ import math
 import pytest
 
 from fedsynth.common.config import Config, config_to_yaml
-from fedsynth.common.errors import CheckpointError, ConfigError, OutputExistsError
+from fedsynth.common.errors import (
+    CheckpointError,
+    ConfigError,
+    ForeignFolderError,
+    OutputExistsError,
+)
+from fedsynth.common.io.atomic import mark_output
 from fedsynth.common.rundir import (
     DemoDir,
     RunDir,
@@ -106,6 +112,9 @@ def test_clear_for_new_output(tmp_path):
     (tmp_path / "used" / "x").write_text("x")
     with pytest.raises(OutputExistsError):
         clear_for_new_output(tmp_path / "used", overwrite=False)
+    with pytest.raises(ForeignFolderError, match="used"):  # not a folder fedsynth made
+        clear_for_new_output(tmp_path / "used", overwrite=True)
+    mark_output(tmp_path / "used")
     clear_for_new_output(tmp_path / "used", overwrite=True)
     assert not (tmp_path / "used").exists()
 

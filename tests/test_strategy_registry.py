@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, MultiKrum
 
 from fedsynth.common.config import load_config
 from fedsynth.common.errors import ConfigError
@@ -37,11 +37,14 @@ def test_every_registered_name_builds_a_screening_flower_strategy(name):
 def test_unknown_aggregation_is_refused_with_the_valid_names(tmp_path):
     cfg = load_config(SMOKE, ["federation.aggregation=fedfoo"])
     with pytest.raises(
-        ConfigError, match="federation.aggregation.*fedavg, fedmedian, krum, multikrum, trimmed-mean"
+        ConfigError,
+        match="federation.aggregation.*fedavg, fedmedian, krum, multikrum, trimmed-mean",
     ):
         build_strategy(cfg, expected_sites=3)
     with pytest.raises(ConfigError, match="fedfoo"):
         simulate(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
     with pytest.raises(ConfigError, match="fedfoo"):
-        settings_from_run_config({"config": str(SMOKE), "overrides": "federation.aggregation=fedfoo"})
+        settings_from_run_config(
+            {"config": str(SMOKE), "overrides": "federation.aggregation=fedfoo"}
+        )

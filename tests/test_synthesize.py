@@ -12,7 +12,7 @@ import pytest
 
 from fedsynth.cli import main
 from fedsynth.common.config import config_to_yaml, load_config
-from fedsynth.common.errors import CheckpointError, OutputExistsError
+from fedsynth.common.errors import CheckpointError, ForeignFolderError, OutputExistsError
 from fedsynth.common.io.checkpoints import save_checkpoint
 from fedsynth.common.models.registry import architecture_hash, build_generator
 from fedsynth.common.privacy.report import SitePrivacy, write_privacy_json
@@ -146,8 +146,14 @@ def test_existing_output_needs_overwrite(cfg, tmp_path):
     with pytest.raises(OutputExistsError):
         synthesize(cfg, ckpt, out, cases=1, progress=False)
     assert (out / "keep.txt").read_text() == "mine"
+    with pytest.raises(ForeignFolderError):  # --overwrite deletes only fedsynth's folders
+        synthesize(cfg, ckpt, out, cases=1, overwrite=True, progress=False)
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    synthesize(cfg, ckpt, out, cases=1, overwrite=True, progress=False)  # empty: fine
+    (out / "stale.txt").write_text("from an earlier synthesis")
     synthesize(cfg, ckpt, out, cases=1, overwrite=True, progress=False)
-    assert not (out / "keep.txt").exists() and (out / "datasheet.json").is_file()
+    assert not (out / "stale.txt").exists() and (out / "datasheet.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temp left
 
 

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +60,8 @@ from fedsynth.common.io.atomic import (
     atomic_path,
     atomic_write_json,
     atomic_write_text,
+    mark_output,
+    remove_output,
 )
 
 CONFIG_FILE = "config.yaml"
@@ -108,6 +109,7 @@ class RunDir:
     def create(self, cfg: Config, overwrite: bool = False) -> None:
         """Start a fresh run; OutputExistsError if the folder has content and not ``overwrite``."""
         clear_for_new_output(self.root, overwrite)
+        mark_output(self.root)
         for d in (self.checkpoints, self.samples, self.plots):
             d.mkdir(parents=True, exist_ok=True)
         self.write_config(cfg)
@@ -261,11 +263,12 @@ class DemoDir:
 
 def clear_for_new_output(root: Path, overwrite: bool) -> None:
     """Make ``root`` ready for a new output: OutputExistsError if it has content, unless
-    ``overwrite`` (then it is removed)."""
-    if root.exists() and any(root.iterdir()):
+    ``overwrite`` and fedsynth made it (``OUTPUT_MARKER``: then it is removed;
+    ForeignFolderError naming it otherwise). Validate the config before calling this."""
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
         if not overwrite:
             raise OutputExistsError(root)
-        shutil.rmtree(root)
+        remove_output(root)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

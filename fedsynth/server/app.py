@@ -25,6 +25,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedsynth.common.config import Config, config_to_yaml, load_config
 from fedsynth.common.errors import ConfigError
+from fedsynth.common.io.atomic import mark_output
 from fedsynth.common.rundir import RunDir
 from fedsynth.server import checkpointing
 from fedsynth.server.evaluation import HeldOutEvaluator
@@ -102,7 +103,7 @@ def train_config(cfg: Config, run_dir: Path) -> ConfigRecord:
 def run_server(grid: Grid, settings: ServerSettings) -> checkpointing.ServerState:
     """Run (or resume) the federation of ``settings.run_dir`` until ``federation.rounds``."""
     cfg, run_dir = settings.cfg, settings.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    mark_output(run_dir)  # fedsynth's run folder: --overwrite may replace it later
     write_run_config(run_dir, cfg)
     resume = checkpointing.load_resume_point(run_dir)
     if resume is None:

@@ -2,6 +2,11 @@
 
 A reader sees either the old file or the complete new one, never a partial write, even if
 the process is killed mid-way.
+
+Output folders fedsynth makes carry a marker file (``OUTPUT_MARKER``); ``remove_output`` —
+what every ``--overwrite`` does — deletes a non-empty folder only if it carries one, so a
+mistyped ``--out`` cannot delete a user's folder. The marker is defined here, below the run
+folder module (``fedsynth.common.rundir``), because ``atomic_directory`` needs it too.
 """
 
 from __future__ import annotations
@@ -50,6 +55,39 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+OUTPUT_MARKER = ".fedsynth-output"  # in every output folder fedsynth makes
+_MARKER_TEXT = "Made by fedsynth. `--overwrite` may delete this folder and everything in it.\n"
+
+
+def mark_output(folder: str | Path) -> None:
+    """Mark ``folder`` (created if needed) as an output folder fedsynth may overwrite."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / OUTPUT_MARKER
+    if not marker.is_file():
+        atomic_write_text(marker, _MARKER_TEXT)
+
+
+def remove_output(folder: str | Path) -> None:
+    """Delete ``folder`` for ``--overwrite``: only if absent, empty or marked as fedsynth's.
+
+    Raises ForeignFolderError naming the folder otherwise (nothing is deleted).
+    """
+    from fedsynth.common.errors import ForeignFolderError
+
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise ForeignFolderError(folder, OUTPUT_MARKER)
+    if not any(folder.iterdir()):
+        folder.rmdir()
+        return
+    if not (folder / OUTPUT_MARKER).is_file():
+        raise ForeignFolderError(folder, OUTPUT_MARKER)
+    shutil.rmtree(folder)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -78,24 +116,26 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
     """Build a directory under a temporary name and move it into place when complete.
 
     Used for outputs made of many files (a cohort, a cache) so that an interrupted build
-    leaves nothing that looks finished.
+    leaves nothing that looks finished. The folder is marked as fedsynth's
+    (``OUTPUT_MARKER``); ``overwrite`` replaces only a folder so marked (or an empty one).
     """
+    from fedsynth.common.errors import ForeignFolderError, OutputExistsError
+
     path = Path(path)
     if path.exists() and not overwrite:
-        from fedsynth.common.errors import OutputExistsError
-
         raise OutputExistsError(path)
+    if path.exists() and any(path.iterdir()) and not (path / OUTPUT_MARKER).is_file():
+        raise ForeignFolderError(path, OUTPUT_MARKER)  # refuse before the work, not after
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        mark_output(tmp)
         os.chmod(tmp, _default_mode(is_dir=True))
         if path.exists():
             if not overwrite:  # another process finished first: keep its output, not ours
-                from fedsynth.common.errors import OutputExistsError
-
                 raise OutputExistsError(path)
-            shutil.rmtree(path)
+            remove_output(path)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
