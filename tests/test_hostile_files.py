@@ -116,3 +116,55 @@ def test_train_with_inf_lr_exits_non_zero_before_training(tmp_path, capsys):
     code = main(["train", str(SMOKE), "--out", str(tmp_path / "run"), "train.lr=inf"])
     assert code == 2 and "train.lr" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------- OS errors
+
+
+def _phantoms(out: Path) -> list[str]:
+    return ["phantoms", "--subjects", "2", "--sites", "1", "--voxel-size", "4", "--out", str(out)]
+
+
+def _one_line_naming(err: str, path: Path | str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert str(path) in lines[0], err
+
+
+def test_output_under_a_file_is_one_line_naming_the_path(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    out = tmp_path / "notes.txt" / "cohort"
+    assert main(_phantoms(out)) == 2
+    err = capsys.readouterr().err
+    _one_line_naming(err, out)
+    assert "a file stands where a folder is needed" in err
+
+
+def test_read_only_folder_is_one_line_naming_the_path(capsys):
+    out = Path("/sys/fedsynth-probe")  # sysfs refuses new entries, even to root
+    assert main(_phantoms(out)) == 2
+    err = capsys.readouterr().err
+    _one_line_naming(err, out)
+    assert "no write permission" in err
+
+
+def test_disk_full_is_one_line_naming_the_path(tmp_path):
+    """A file size limit of 4 KiB (RLIMIT_FSIZE: writes fail with EFBIG, as on a full disk
+    they fail with ENOSPC) while the phantom cohort is written."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    out = tmp_path / "cohort"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedsynth", *_phantoms(out)],
+        capture_output=True, text=True, preexec_fn=limit, cwd=REPO, timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    _one_line_naming(proc.stderr, out)
+    assert "disk full" in proc.stderr
+    assert not out.exists() and not list(tmp_path.glob(".cohort.*"))  # nothing half-written

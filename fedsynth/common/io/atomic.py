@@ -40,9 +40,14 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     format from it (nibabel, matplotlib). On error the temporary file is removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = suffix if suffix is not None else "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent
+        )
+    except OSError as e:  # name the output asked for, not the temporary file
+        raise OSError(e.errno, e.strerror, str(path)) from e
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -51,6 +56,10 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp_path, _default_mode(is_dir=False))
         os.replace(tmp_path, path)
+    except OSError as e:
+        if e.filename is None:  # a failed write (disk full) names no file: name the output
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -126,8 +135,11 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
         raise OutputExistsError(path)
     if path.exists() and any(path.iterdir()) and not (path / OUTPUT_MARKER).is_file():
         raise ForeignFolderError(path, OUTPUT_MARKER)  # refuse before the work, not after
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as e:  # name the output asked for, not the temporary folder
+        raise OSError(e.errno, e.strerror, str(path)) from e
     try:
         yield tmp
         mark_output(tmp)
@@ -137,6 +149,10 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
                 raise OutputExistsError(path)
             remove_output(path)
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None:  # a failed write (disk full) names no file: name the output
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
