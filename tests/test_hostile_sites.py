@@ -7,7 +7,11 @@ claims another node's site index.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -280,7 +284,55 @@ def _rogue_app():
     return app
 
 
+def _listening_sockets() -> dict[str, tuple[str, int]]:
+    """inode -> (address, port) of every listening TCP socket (/proc/net/tcp, tcp6)."""
+    found = {}
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A":  # TCP_LISTEN
+                continue
+            addr_hex, port_hex = fields[1].split(":")
+            raw = bytes.fromhex(addr_hex)  # 32-bit words in host (little-endian) order
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            found[fields[9]] = (socket.inet_ntop(family, raw), int(port_hex, 16))
+    return found
+
+
+def _descendants(root: int) -> set[int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    tree, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        kids = [c for c, p in parents.items() if p == pid and c not in tree]
+        tree.update(kids)
+        frontier += kids
+    return tree
+
+
+def _our_listening_addresses() -> set[tuple[str, int]]:
+    """(address, port) of the sockets this process and its children (Ray) listen on."""
+    sockets, seen = _listening_sockets(), set()
+    for pid in _descendants(os.getpid()):
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in sockets:
+                    seen.add(sockets[target[8:-1]])
+    return seen
+
+
+def _loopback(address: str) -> bool:
+    return address.removeprefix("::ffff:") in ("127.0.0.1", "::1")
+
+
 def test_simulation_a_node_claiming_another_sites_index_is_refused(tmp_path):
+    """Also: Ray's ports (GCS, raylet, workers) listen on loopback only during the run."""
     import cloudpickle
 
     from fedsynth.simulation import simulate
@@ -291,7 +343,22 @@ def test_simulation_a_node_claiming_another_sites_index_is_refused(tmp_path):
         [f"data.cache_dir={tmp_path / 'cache'}", "train.batch_size=1", "federation.min_sites=2"],
     )
     run_dir = tmp_path / "run"
-    assert simulate(cfg, run_dir, client_app=_rogue_app()) == 2
+    listening: set[tuple[str, int]] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.5):
+            listening.update(_our_listening_addresses())
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        assert simulate(cfg, run_dir, client_app=_rogue_app()) == 2
+    finally:
+        done.set()
+        watcher.join()
+    assert len(listening) >= 3, listening  # GCS, raylet, workers were seen
+    assert all(_loopback(a) for a, _ in listening), sorted(listening)
 
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     round2 = [r for r in rows if r["kind"] == "site" and r["round"] == 2]
