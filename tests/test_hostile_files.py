@@ -168,3 +168,82 @@ def test_disk_full_is_one_line_naming_the_path(tmp_path):
     _one_line_naming(proc.stderr, out)
     assert "disk full" in proc.stderr
     assert not out.exists() and not list(tmp_path.glob(".cohort.*"))  # nothing half-written
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _forged_checkpoint(path: Path, model: dict, image_size: object) -> Path:
+    """The smoke generator's real weights (~170 KB) under metadata that claims ``model``,
+    with the matching config hash (anyone can compute it)."""
+    from dataclasses import asdict
+
+    import torch
+
+    from fedsynth.common.config import ModelConfig
+    from fedsynth.common.io.checkpoints import save_checkpoint
+    from fedsynth.common.models.registry import architecture_hash, build_generator
+
+    cfg = load_config(SMOKE)
+    weights = build_generator(cfg.model).state_dict()
+    claimed = {**asdict(cfg.model), **model}
+    try:
+        digest = architecture_hash(ModelConfig(**claimed))
+    except TypeError:
+        digest = "0" * 16
+    extra = {"model": claimed, "image_size": image_size}
+    save_checkpoint(
+        path, dict(weights), architecture="unet2d", config_hash=digest, step=1, extra=extra
+    )
+    assert path.stat().st_size < 400_000
+    del torch
+    return path
+
+
+@pytest.mark.parametrize(
+    "model,size,expected",
+    [
+        ({"generator_channels": [-8, 16, 32, 64]}, 32, "model.generator_channels"),
+        ({}, 17, "preprocess.image_size"),
+        ({}, "abc", "preprocess.image_size"),
+        ({}, 1 << 20, "preprocess.image_size is 1048576, at most 1024"),
+        ({"generator_channels": [8, 16, 32, 65536]}, 32, "generator_channels is 65536"),
+        ({"generator_channels": [8] * 12, "norm_groups": 4}, 4096, "levels"),
+        ({"discriminator_layers": 40}, 32, "discriminator_layers"),
+        ({"norm_groups": 0}, 32, "model.norm_groups"),
+    ],
+)
+def test_checkpoint_metadata_out_of_range_is_one_clear_error(tmp_path, model, size, expected):
+    from fedsynth.common.errors import CheckpointError
+    from fedsynth.synthesis.generator_io import load_generator
+
+    path = _forged_checkpoint(tmp_path / "gen.safetensors", model, size)
+    with pytest.raises(CheckpointError, match="gen.safetensors.*") as info:
+        load_generator(path)
+    assert expected in str(info.value)
+
+
+def test_a_small_checkpoint_cannot_make_fedsynth_allocate_a_large_network(tmp_path):
+    """Metadata within the bounds that describes a ~1.5 GB U-Net (2048 channels at every
+    level) over 170 KB of weights: refused on shapes before any network memory exists."""
+    import subprocess
+    import sys
+
+    path = _forged_checkpoint(tmp_path / "gen.safetensors", {"generator_channels": [2048] * 4}, 32)
+    probe = (
+        "import resource, sys\n"
+        "from fedsynth.common.errors import CheckpointError\n"
+        "from fedsynth.synthesis.generator_io import load_generator\n"
+        "try:\n"
+        f"    load_generator({str(path)!r})\n"
+        "except CheckpointError as e:\n"
+        "    print('refused:', e)\n"
+        "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert "refused:" in proc.stdout and "shape" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    peak_mb = int(proc.stdout.split("maxrss_kb")[1]) / 1024
+    assert peak_mb < 1000, f"peak RSS {peak_mb:.0f} MB"

@@ -102,9 +102,11 @@ def load_checkpoint(
     return Checkpoint(path, tensors, meta["architecture"], meta["config_hash"], step, extra)
 
 
-def load_module_state(module: nn.Module, tensors: Mapping[str, torch.Tensor], path: Path) -> None:
-    """Load ``tensors`` into ``module`` after checking that keys and shapes match exactly."""
-    expected = module.state_dict()
+def check_module_state(
+    expected: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor], path: Path
+) -> None:
+    """CheckpointError unless ``tensors`` has exactly the keys and shapes of ``expected``
+    (a state dict; tensors on the "meta" device will do: nothing is allocated)."""
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -117,6 +119,12 @@ def load_module_state(module: nn.Module, tensors: Mapping[str, torch.Tensor], pa
             raise CheckpointError(
                 path, f"{k} has shape {tuple(tensors[k].shape)}, the network needs {tuple(v.shape)}"
             )
+
+
+def load_module_state(module: nn.Module, tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Load ``tensors`` into ``module`` after checking that keys and shapes match exactly."""
+    expected = module.state_dict()
+    check_module_state(expected, tensors, path)
     module.load_state_dict({k: tensors[k].to(v.device) for k, v in expected.items()})
 
 
