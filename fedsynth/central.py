@@ -29,6 +29,7 @@ from fedsynth.common.gan.plots import plot_metrics
 from fedsynth.common.gan.trainer import LocalTrainer, StepReport
 from fedsynth.common.io.checkpoints import save_checkpoint
 from fedsynth.common.models.registry import architecture_hash
+from fedsynth.common.privacy.binding import PRIVACY_KEY, checkpoint_summary
 from fedsynth.common.privacy.report import describe_epsilon, write_privacy_json
 from fedsynth.common.rundir import RunDir
 
@@ -124,13 +125,16 @@ class CentralRun:
         return record
 
     def checkpoint(self) -> None:
-        """Generator (for synthesis) and full state (for resume), then privacy.json, then
-        latest.json: a crash in between leaves the previous checkpoint as the latest. Last,
-        the released copy checkpoints/generator.safetensors (atomic: old or new, never torn)."""
+        """privacy.json, then the generator (for synthesis, bound to that record by its digest,
+        see fedsynth.common.privacy.binding) and the full state (for resume), then latest.json:
+        a crash in between leaves the previous checkpoint as the latest. Last, the released
+        copy checkpoints/generator.safetensors (atomic: old or new, never torn)."""
         step = self.trainer.steps_done
-        generator = save_generator_checkpoint(self.trainer, self.run.generator_checkpoint(step))
+        report = self.write_privacy()
+        generator = save_generator_checkpoint(
+            self.trainer, self.run.generator_checkpoint(step), privacy=checkpoint_summary(report)
+        )
         self.trainer.save(self.run.state_checkpoint(step))
-        self.write_privacy()
         plot_metrics(self.run.read_metrics(), self.run.plots)  # ~1 s: with each checkpoint
         self.run.mark_latest(step)
         self.run.publish_generator(generator)
@@ -146,8 +150,11 @@ class CentralRun:
         )
 
 
-def save_generator_checkpoint(trainer: LocalTrainer, path: Path) -> Path:
-    """The generator alone, with what synthesis needs to rebuild it and to label its output."""
+def save_generator_checkpoint(
+    trainer: LocalTrainer, path: Path, privacy: dict[str, Any] | None = None
+) -> Path:
+    """The generator alone, with what synthesis needs to rebuild it and to label its output
+    (``privacy``: the summary of the privacy record it is bound to)."""
     cfg = trainer.cfg
     return save_checkpoint(
         path,
@@ -161,6 +168,7 @@ def save_generator_checkpoint(trainer: LocalTrainer, path: Path) -> Path:
             "epsilon": trainer.epsilon if math.isfinite(trainer.epsilon) else None,
             "delta": cfg.privacy.delta,
             "dp_enabled": trainer.dp_enabled,
+            **({PRIVACY_KEY: privacy} if privacy is not None else {}),
         },
     )
 

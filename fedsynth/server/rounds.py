@@ -28,6 +28,7 @@ from flwr.app import ArrayRecord, MetricRecord
 
 from fedsynth.common.config import Config
 from fedsynth.common.io.atomic import append_jsonl
+from fedsynth.common.privacy.binding import PRIVACY_KEY, checkpoint_summary
 from fedsynth.common.rundir import RunDir
 from fedsynth.server import checkpointing
 from fedsynth.server.privacy_report import site_privacy_entry, write_federated_privacy
@@ -134,10 +135,17 @@ class RoundRecorder:
         local = self.cfg.federation.local_steps
         metrics = round_metrics(outcome)
         eps = float(metrics["epsilon-max"]) if "epsilon-max" in metrics else math.inf
+        for s in outcome.sites:
+            if s.status in (OK, DECLINED):  # an accountant report the site stands behind
+                self.state.sites[s.site] = site_privacy_entry(
+                    s.metrics, s.history, self.cfg.privacy.enabled
+                )
+        report = self.finish()  # privacy.json first: the checkpoint carries its digest
         path = checkpointing.save_checkpoint(
             self.run_dir, self.cfg, outcome.round, weights,
             {"epsilon": _clean(eps), "delta": self.cfg.privacy.delta, "dp_enabled": self.cfg.privacy.enabled,
-             "federated": True, "sites": len(outcome.sites)},
+             "federated": True, "sites": len(outcome.sites),
+             **({PRIVACY_KEY: checkpoint_summary(report)} if report else {})},
         )  # fmt: skip
         summary = round_row(outcome, metrics, seconds, local)
         summary.update(quality)
@@ -147,11 +155,6 @@ class RoundRecorder:
         for s in outcome.sites:
             if s.reply:
                 append_jsonl(run.replies, {"round": outcome.round, "site": s.site, **s.reply})
-        for s in outcome.sites:
-            if s.status in (OK, DECLINED):  # an accountant report the site stands behind
-                self.state.sites[s.site] = site_privacy_entry(
-                    s.metrics, s.history, self.cfg.privacy.enabled
-                )
         if self.strategy is not None:  # weight caps survive a resume; who was which site
             self.state.declared = dict(self.strategy.declared)
             self.state.site_nodes.update(self.strategy.owners)
@@ -160,7 +163,6 @@ class RoundRecorder:
         self.state.seconds += seconds
         self.state.history.append(summary)
         checkpointing.commit_round(self.run_dir, self.state)
-        self.finish()
         self._log_progress(outcome, summary)
 
     def _log_progress(self, outcome: RoundOutcome, summary: dict[str, Any]) -> None:
@@ -175,7 +177,9 @@ class RoundRecorder:
             "n/a" if eps is None else f"{eps:.2f}", losses or "no losses", summary["seconds"],
         )  # fmt: skip
 
-    def finish(self) -> None:
-        """Write privacy.json from the latest per-site accountant reports."""
-        if self.state.sites:
-            write_federated_privacy(self.run_dir, self.cfg, self.state.sites)
+    def finish(self) -> dict[str, Any] | None:
+        """Write privacy.json from the latest per-site accountant reports; return it (None
+        before any site reported)."""
+        if not self.state.sites:
+            return None
+        return write_federated_privacy(self.run_dir, self.cfg, self.state.sites)
