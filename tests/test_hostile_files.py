@@ -247,3 +247,46 @@ def test_a_small_checkpoint_cannot_make_fedsynth_allocate_a_large_network(tmp_pa
     assert "refused:" in proc.stdout and "shape" in proc.stdout, proc.stdout + proc.stderr[-2000:]
     peak_mb = int(proc.stdout.split("maxrss_kb")[1]) / 1024
     assert peak_mb < 1000, f"peak RSS {peak_mb:.0f} MB"
+
+
+# --------------------------------------------------------------------------- crash safety
+
+
+@pytest.fixture
+def synced_dirs(monkeypatch) -> list[str]:
+    """Directories os.fsync is called on (a spy: the real fsync still runs)."""
+    import os
+    import stat
+
+    real, synced = os.fsync, []
+
+    def spy(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return synced
+
+
+def test_checkpoints_and_the_server_commit_sync_their_directory(tmp_path, synced_dirs):
+    import numpy as np
+
+    from fedsynth.server import checkpointing
+
+    cfg = load_config(SMOKE)
+    weights = {"w": np.zeros((2, 2), np.float32)}
+    path = checkpointing.save_checkpoint(tmp_path, cfg, 1, weights, {})
+    assert str(path.parent) in synced_dirs  # the checkpoint's name survives a crash
+    synced_dirs.clear()
+    checkpointing.commit_round(tmp_path, checkpointing.ServerState(round=1, checkpoint=path.name))
+    assert str(tmp_path) in synced_dirs  # server_state.json: the commit point
+    assert str(tmp_path / "checkpoints") in synced_dirs  # latest.json, generator.safetensors
+
+
+def test_ordinary_outputs_do_not_pay_for_a_directory_sync(tmp_path, synced_dirs):
+    from fedsynth.common.io.atomic import atomic_write_json
+
+    RunDir(tmp_path).append_metrics({"step": 1})
+    atomic_write_json(tmp_path / "report.json", {"a": 1})
+    assert synced_dirs == []

@@ -136,11 +136,12 @@ class RunDir:
                 "state": self.state_checkpoint(step).name,
                 **extra,
             },
+            durable=True,  # resume reads it after a crash
         )
 
     def publish_generator(self, checkpoint: Path) -> Path:
         """Copy ``checkpoint`` to checkpoints/generator.safetensors atomically; return the copy."""
-        with atomic_path(self.generator) as tmp:
+        with atomic_path(self.generator, durable=True) as tmp:
             tmp.write_bytes(Path(checkpoint).read_bytes())
         return self.generator
 

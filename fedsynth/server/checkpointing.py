@@ -93,7 +93,7 @@ def commit_round(run_dir: Path, state: ServerState) -> None:
     ckpt = run.checkpoints / state.checkpoint
     if not state.checkpoint or not ckpt.is_file():
         raise CheckpointError(ckpt, "missing; save_checkpoint must run before commit_round")
-    atomic_write_json(run.server_state, asdict(state))
+    atomic_write_json(run.server_state, asdict(state), durable=True)  # the commit point
     atomic_write_json(
         run.latest,
         {
@@ -102,6 +102,7 @@ def commit_round(run_dir: Path, state: ServerState) -> None:
             "generator": ckpt.name,
             "state": run.server_state.name,
         },
+        durable=True,
     )
     run.publish_generator(ckpt)
     for old in sorted(run.checkpoints.glob("generator_*.safetensors"))[:-KEEP_ROUNDS]:

@@ -32,20 +32,35 @@ def _default_mode(is_dir: bool) -> int:
     return (0o777 if is_dir else 0o666) & ~_umask()
 
 
+def fsync_directory(folder: str | Path) -> None:
+    """Flush a directory's entries to disk: after a rename, the new name survives a crash
+    (power loss, kernel panic) only once its directory is synced (POSIX; a no-op elsewhere)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(
+    path: str | Path, suffix: str | None = None, *, durable: bool = False
+) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
 
     ``suffix`` keeps a file extension on the temporary name for writers that infer the
     format from it (nibabel, matplotlib). On error the temporary file is removed.
+    ``durable``: also sync the directory after the rename, for files a resume must find
+    after a crash (checkpoints, site and server state, latest.json). Others (metrics,
+    plots, reports) skip it: the rename alone is atomic, and each sync costs milliseconds.
     """
     path = Path(path)
     suffix = suffix if suffix is not None else "".join(path.suffixes)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent
-        )
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     except OSError as e:  # name the output asked for, not the temporary file
         raise OSError(e.errno, e.strerror, str(path)) from e
     os.close(fd)
@@ -56,6 +71,8 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp_path, _default_mode(is_dir=False))
         os.replace(tmp_path, path)
+        if durable:
+            fsync_directory(path.parent)
     except OSError as e:
         if e.filename is None:  # a failed write (disk full) names no file: name the output
             raise OSError(e.errno, e.strerror, str(path)) from e
@@ -97,17 +114,17 @@ def remove_output(folder: str | Path) -> None:
     shutil.rmtree(folder)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+def atomic_write_bytes(path: str | Path, data: bytes, *, durable: bool = False) -> None:
+    with atomic_path(path, durable=durable) as tmp:
         tmp.write_bytes(data)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | Path, text: str, *, durable: bool = False) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), durable=durable)
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def atomic_write_json(path: str | Path, obj: Any, *, durable: bool = False) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", durable=durable)
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:

@@ -47,7 +47,8 @@ def save_checkpoint(
     step: int,
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``tensors`` and metadata to ``path`` atomically (temporary file, fsync, rename)."""
+    """Write ``tensors`` and metadata to ``path`` atomically and durably (temporary file,
+    fsync, rename, directory fsync)."""
     path = Path(path)
     # safetensors refuses shared or non-contiguous storage: store independent CPU copies.
     data = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
@@ -58,7 +59,7 @@ def save_checkpoint(
         "step": str(int(step)),
         "extra": json.dumps(dict(extra or {}), sort_keys=True),
     }
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable=True) as tmp:  # resume must find it after a crash
         save_file(data, str(tmp), metadata=metadata)
     return path
 
