@@ -23,7 +23,7 @@ from fedsynth.common.config import Config, config_from_dict
 from fedsynth.common.data.cache import site_slices
 from fedsynth.common.data.cohort import load_split, resolve_cohort
 from fedsynth.common.data.datasets import fixed_eval_slices
-from fedsynth.common.errors import ConfigError
+from fedsynth.common.errors import CheckpointError, ConfigError, TrainingDivergedError
 from fedsynth.common.gan.evaluation import eval_indices, evaluate_quality, save_sample_grid
 from fedsynth.common.gan.plots import plot_metrics
 from fedsynth.common.gan.trainer import LocalTrainer, StepReport
@@ -93,6 +93,7 @@ class CentralRun:
 
     def _after_steps(self, report: StepReport, elapsed: float) -> None:
         step, t = self.trainer.steps_done, self.cfg.train
+        self.check_finite(step)
         final = step >= t.steps
         if step % t.eval_every == 0 or final:
             self.evaluate(report, elapsed)
@@ -103,6 +104,27 @@ class CentralRun:
             )  # fmt: skip
         if step % t.checkpoint_every == 0 or final:
             self.checkpoint()
+
+    def check_finite(self, step: int) -> None:
+        """TrainingDivergedError before anything of a step with NaN/inf weights is written:
+        the previous checkpoint stays the latest (and the released generator)."""
+        bad = [
+            k
+            for k, v in self.trainer.generator.state_dict().items()
+            if v.is_floating_point() and not bool(torch.isfinite(v).all())
+        ]
+        if not bad:
+            return
+        try:
+            last = f"the last good checkpoint is step {self.run.latest_step()} ({self.run.latest})"
+        except CheckpointError:
+            last = "no checkpoint was written before"
+        raise TrainingDivergedError(
+            f"{self.run.root}: training diverged, the generator has non-finite weights after "
+            f"step {step} ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); nothing of "
+            f"this step was saved and {last}. Lower train.lr (now {self.cfg.train.lr:g}) and "
+            "resume or restart"
+        )
 
     def evaluate(self, report: StepReport, elapsed: float) -> dict[str, Any]:
         q = evaluate_quality(self.trainer.generate, self.data.test, self.eval_idx)

@@ -290,3 +290,40 @@ def test_ordinary_outputs_do_not_pay_for_a_directory_sync(tmp_path, synced_dirs)
     RunDir(tmp_path).append_metrics({"step": 1})
     atomic_write_json(tmp_path / "report.json", {"a": 1})
     assert synced_dirs == []
+
+
+# --------------------------------------------------------------------------- divergence
+
+
+def test_learning_rates_beyond_adams_range_are_refused():
+    with pytest.raises(ConfigError, match="'train.lr': must be <= 1"):
+        load_config(SMOKE, ["train.lr=3e38"])  # overflowed inside torch's Adam before
+
+
+def test_training_that_turns_non_finite_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    """Central training: 2 good steps (checkpoint), then the generator's weights turn NaN
+    (as a diverged optimiser leaves them); the next interval stops with a clear error and
+    nothing of it is written."""
+    import torch
+
+    from fedsynth.central import CentralRun, load_central_data
+    from fedsynth.common.errors import TrainingDivergedError
+
+    cfg = load_config(
+        SMOKE,
+        [f"data.cache_dir={tmp_path / 'cache'}", "privacy.enabled=false", "train.steps=4"]
+        + [f"train.{k}=2" for k in ("checkpoint_every", "eval_every", "sample_every")],
+    )
+    run = RunDir(tmp_path / "run")
+    run.create(cfg)
+    central = CentralRun(cfg, run, load_central_data(cfg), device="cpu")
+    central.write_privacy()
+    central._after_steps(central.trainer.train_steps(2, progress=False), 1.0)  # as train()
+    assert run.latest_step() == 2
+    released = run.generator.read_bytes()
+    with torch.no_grad():
+        next(central.trainer.generator.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingDivergedError, match="non-finite weights after step 4.*step 2"):
+        central.train(progress=False)
+    assert run.latest_step() == 2 and run.generator.read_bytes() == released
+    assert not run.generator_checkpoint(4).exists()

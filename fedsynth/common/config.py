@@ -283,6 +283,9 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError("preprocess.image_size", "must be a multiple of 16 (U-Net depth)")
     if cfg.data.source == "cohort" and not cfg.data.cohort_dir:
         raise ConfigError("data.cohort_dir", "required when data.source is 'cohort'")
+    for key in ("train.lr", "benchmark.lr", "benchmark.finetune_lr"):
+        if _get(cfg, key) > 1.0:  # Adam moves each weight by ~lr per step; beyond 1 it overflows
+            raise ConfigError(key, f"must be <= 1 (an Adam learning rate), got {_get(cfg, key)}")
     if cfg.federation.update_norm_factor < 0:
         raise ConfigError(
             "federation.update_norm_factor",

@@ -40,6 +40,10 @@ class CheckpointError(FedsynthError):
         super().__init__(f"checkpoint {self.path}: {problem}")
 
 
+class TrainingDivergedError(FedsynthError):
+    """Training produced non-finite weights; nothing of that step was saved."""
+
+
 class PrivacyBudgetError(FedsynthError):
     """Taking the requested steps would spend more privacy than the budget allows."""
 

@@ -138,19 +138,24 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(
+    path: str | Path, overwrite: bool = False, *, mark: bool = True
+) -> Iterator[Path]:
     """Build a directory under a temporary name and move it into place when complete.
 
     Used for outputs made of many files (a cohort, a cache) so that an interrupted build
     leaves nothing that looks finished. The folder is marked as fedsynth's
     (``OUTPUT_MARKER``); ``overwrite`` replaces only a folder so marked (or an empty one).
+    ``mark=False`` is for folders that must hold exactly their data files (a committed test
+    fixture case): unmarked, and replaced by ``overwrite`` without the check.
     """
     from fedsynth.common.errors import ForeignFolderError, OutputExistsError
 
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExistsError(path)
-    if path.exists() and any(path.iterdir()) and not (path / OUTPUT_MARKER).is_file():
+    marked = (path / OUTPUT_MARKER).is_file()
+    if mark and path.exists() and any(path.iterdir()) and not marked:
         raise ForeignFolderError(path, OUTPUT_MARKER)  # refuse before the work, not after
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,12 +164,16 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
         raise OSError(e.errno, e.strerror, str(path)) from e
     try:
         yield tmp
-        mark_output(tmp)
+        if mark:
+            mark_output(tmp)
         os.chmod(tmp, _default_mode(is_dir=True))
         if path.exists():
             if not overwrite:  # another process finished first: keep its output, not ours
                 raise OutputExistsError(path)
-            remove_output(path)
+            if mark:
+                remove_output(path)
+            else:
+                shutil.rmtree(path)
         os.replace(tmp, path)
     except OSError as e:
         if e.filename is None:  # a failed write (disk full) names no file: name the output
