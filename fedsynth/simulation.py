@@ -17,8 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from flwr.simulation import run_simulation
+
+from fedsynth.client.app import app as fedsynth_client
 from fedsynth.common.config import Config
+from fedsynth.common.data.cohort import resolve_cohort
 from fedsynth.common.io.atomic import mark_output
+from fedsynth.server import checkpointing
+from fedsynth.server.app import ServerSettings, make_server_app, write_run_config
+from fedsynth.server.strategy import check_aggregation
 
 # Ray's gRPC servers (GCS, raylet, every worker) listen on all interfaces unless the node's
 # address is 127.0.0.1, and on Linux Ray replaces a requested 127.0.0.1 by the machine's
@@ -85,13 +92,6 @@ def simulate(cfg: Config, run_dir: Path, client_app: Any = None) -> int:
 
     ``client_app``: a ClientApp in place of fedsynth's (tests: a site that misbehaves).
     """
-    from flwr.simulation import run_simulation
-
-    from fedsynth.client.app import app as fedsynth_client
-    from fedsynth.common.data.cohort import resolve_cohort
-    from fedsynth.server import checkpointing
-    from fedsynth.server.app import ServerSettings, make_server_app, write_run_config
-    from fedsynth.server.strategy import check_aggregation
 
     check_aggregation(cfg, cfg.split.sites)  # refuse a bad rule before any file is written
     mark_output(run_dir)  # fedsynth's run folder: --overwrite may replace it later

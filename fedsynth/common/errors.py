@@ -59,6 +59,15 @@ class ForeignFolderError(FedsynthError):
         )
 
 
+class IncompleteRunError(FedsynthError):
+    """A training run stopped before its planned rounds; its run directory can be resumed."""
+
+    def __init__(self, run_dir: str | Path, problem: str):
+        self.path = Path(run_dir)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
 class OutputExistsError(FedsynthError):
     """An output directory exists and the caller did not ask to overwrite or resume it."""
 

@@ -21,8 +21,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fedsynth.common.config import Config, ModelConfig, config_from_dict
 from fedsynth.common.errors import CheckpointError, ConfigError
+from fedsynth.common.io.checkpoints import (
+    check_module_state,
+    load_checkpoint,
+    load_module_state,
+    unprefixed,
+)
+from fedsynth.common.models.registry import architecture_hash, build_generator
 from fedsynth.common.rundir import RunDir, find_run_dir
 
 # Bounds on a checkpoint's model metadata, far above any network fedsynth trains (smoke/demo:
@@ -130,16 +139,6 @@ def load_generator(path: str | Path, fallback: Config | None = None) -> LoadedGe
     run directory does. Raises CheckpointError naming the file for a missing, corrupted or
     foreign file, or weights that do not fit the architecture they claim.
     """
-    import torch
-
-    from fedsynth.common.io.checkpoints import (
-        check_module_state,
-        load_checkpoint,
-        load_module_state,
-        unprefixed,
-    )
-    from fedsynth.common.models.registry import architecture_hash, build_generator
-
     path = Path(path)
     ckpt = load_checkpoint(path)  # CheckpointError for missing, corrupted or foreign files
     run_dir = find_run_dir(path)

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from fedsynth.common.errors import ForeignFolderError, OutputExistsError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -99,7 +101,6 @@ def remove_output(folder: str | Path) -> None:
 
     Raises ForeignFolderError naming the folder otherwise (nothing is deleted).
     """
-    from fedsynth.common.errors import ForeignFolderError
 
     folder = Path(folder)
     if not folder.exists() and not folder.is_symlink():
@@ -149,7 +150,6 @@ def atomic_directory(
     ``mark=False`` is for folders that must hold exactly their data files (a committed test
     fixture case): unmarked, and replaced by ``overwrite`` without the check.
     """
-    from fedsynth.common.errors import ForeignFolderError, OutputExistsError
 
     path = Path(path)
     if path.exists() and not overwrite:
