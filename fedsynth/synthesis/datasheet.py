@@ -31,7 +31,7 @@ from fedsynth.common.data.preprocess import display_view
 from fedsynth.common.errors import CheckpointError
 from fedsynth.common.io.atomic import save_figure
 from fedsynth.common.privacy.binding import PRIVACY_KEY, contradictions, record_digest
-from fedsynth.common.rundir import RunDir
+from fedsynth.common.rundir import PRIVACY_FILE, RunDir
 
 DATASHEET_VERSION = 1
 NO_DP_WORDS = "no differential privacy: epsilon is infinite; the generator may memorise patients"
@@ -46,7 +46,7 @@ def privacy_section(gen: Any) -> dict[str, Any]:
 
     Returns {"dp_enabled", "delta", "unit", "sites": {site: {"epsilon", "delta"}},
     "worst_epsilon", "statement", "source"}; epsilon None means infinite (no DP); "source"
-    is "privacy.json" (digest matched), "checkpoint" (its own summary) or None (unknown).
+    is the record file name (digest matched), "checkpoint" (its own summary) or None (unknown).
     CheckpointError if the run's privacy.json contradicts the checkpoint's summary.
     """
     summary = gen.extra.get(PRIVACY_KEY)
@@ -60,12 +60,12 @@ def privacy_section(gen: Any) -> dict[str, Any]:
         }
     report = RunDir(gen.run_dir).read_privacy() if gen.run_dir is not None else None
     if report is not None and record_digest(report) == summary.get("record_sha256"):
-        return {**_from_report(report), "source": "privacy.json"}
+        return {**_from_report(report), "source": PRIVACY_FILE}
     problems = contradictions(summary, report) if report is not None else []
     if problems:
         raise CheckpointError(
             gen.path,
-            f"the privacy.json beside it describes another generator ({'; '.join(problems)}): "
+            f"the {PRIVACY_FILE} beside it describes another generator ({'; '.join(problems)}): "
             "was it copied from another run? Synthesise from the run folder that trained it",
         )
     return {**_from_summary(summary), "source": "checkpoint"}

@@ -48,5 +48,5 @@ def contradictions(summary: dict[str, Any], report: dict[str, Any]) -> list[str]
         if key == "dp_enabled":
             theirs = bool(theirs)
         if mine != theirs:
-            problems.append(f"{key} {mine!r} in the checkpoint, {theirs!r} in privacy.json")
+            problems.append(f"{key} {mine!r} in the checkpoint, {theirs!r} in the run's record")
     return problems
