@@ -238,7 +238,9 @@ def test_a_non_dp_generator_copied_into_a_dp_run_is_refused(cfg, tmp_path):
     no_dp = _federated_run(cfg, tmp_path / "no-dp-run", dp=False)
     intruder = dp_run / "checkpoints" / "generator.safetensors"
     intruder.write_bytes(no_dp.read_bytes())  # the careless copy
-    with pytest.raises(CheckpointError, match="dp_enabled False in the checkpoint, True in the run's record"):
+    with pytest.raises(
+        CheckpointError, match="dp_enabled False in the checkpoint, True in the run's record"
+    ):
         synthesize(cfg, intruder, tmp_path / "out", cases=1, progress=False)
     assert not (tmp_path / "out").exists()
 
