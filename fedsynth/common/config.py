@@ -4,7 +4,8 @@ Where settings live (one rule, also in docs/configuration.md):
 
 - **This module** is the schema: every key exists here, with its type, its default and a
   comment saying what it means. A key that is not here does not exist.
-- **YAML files** state only the values that differ from these defaults: ``configs/`` holds
+- **YAML files** set values on top of these defaults (a key they leave out keeps its
+  default; they define no key and no default of their own): ``configs/`` holds
   the named setups every command takes (``smoke`` for tests and install checks, ``demo``,
   ``brats-gpu``); ``simulations/`` holds federated scenarios for ``fedsynth simulate``. Both
   are read the same way (``load_config``).
