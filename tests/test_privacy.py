@@ -376,14 +376,14 @@ def test_privacy_json_reports_the_target_and_epsilon_under_both_accountants():
 def test_reproducible_noise_and_cohort_label_maps_are_stated_in_words(tmp_path):
     from fedsynth.common.privacy.report import REPRODUCIBLE_NOISE
     from fedsynth.report.sections import privacy_section as report_privacy
-    from fedsynth.synthesis.datasheet import privacy_section as datasheet_privacy
+    from fedsynth.synthesis.datasheet import _from_report as datasheet_privacy
 
     trainer = _trained(2, "privacy.insecure_reproducible_noise=true")
     report = privacy_report(accountant="rdp", delta=1e-5, dp_enabled=True, reproducible_noise=True,
                             sites={"central": trainer.privacy()})  # fmt: skip
     assert report["reproducible_noise"] and REPRODUCIBLE_NOISE in report["statement"]
     (tmp_path / "privacy.json").write_text(json.dumps(report))
-    assert "does not hold" in datasheet_privacy(tmp_path)["statement"]
+    assert "does not hold" in datasheet_privacy(report)["statement"]
     (tmp_path / "config.yaml").write_text("synthesis:\n  label_source: cohort\n")
     body = report_privacy(tmp_path).body
     assert "does not hold" in body and "REAL patients' label maps" in body
