@@ -1,0 +1,68 @@
+"""TensorBoard tracking: what a Tracker writes is what TensorBoard's reader reads back."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+from tb_events import read_runs
+
+from fedsynth.common.tracking import (
+    Tracker,
+    finite_scalars,
+    tensorboard_command,
+    tensorboard_dir,
+)
+
+
+def test_finite_scalars_keeps_real_numbers_only():
+    row = {"loss": 0.5, "step": 3, "np": np.float32(2.0), "eps": math.inf, "nan": math.nan,
+           "ok": True, "site": "site-0", "none": None, "list": [1, 2]}  # fmt: skip
+    assert finite_scalars(row) == {"loss": 0.5, "step": 3.0, "np": 2.0}
+
+
+def test_scalars_images_and_text_read_back(tmp_path):
+    png = tmp_path / "grid.png"
+    pixels = np.zeros((8, 12, 3), np.uint8)
+    pixels[:, :6] = 255
+    Image.fromarray(pixels).save(png)
+    with Tracker(tensorboard_dir(tmp_path)) as tb:
+        for step in (5, 10):
+            tags = tb.scalars({"loss_d": 1.0 / step, "site": "x", "epsilon": math.inf}, step,
+                              prefix="train")  # fmt: skip
+            tb.image("samples", png, step)
+        tb.text("privacy", "epsilon = 1 per patient, delta = 1e-5")
+        with pytest.raises(ValueError, match="H x W x 3"):
+            tb.image("bad", np.zeros((4, 4), np.uint8), 0)
+    assert tags == ["train/loss_d"]
+    runs = read_runs(tmp_path)
+    assert list(runs) == ["tensorboard"]
+    run = runs["tensorboard"]
+    assert run["scalars"] == {"train/loss_d": [(5, pytest.approx(0.2)), (10, pytest.approx(0.1))]}
+    assert run["images"] == {"samples": [5, 10]}
+    assert run["text"] == ["privacy/text_summary"]
+
+
+def test_resume_hides_points_an_earlier_attempt_wrote_after_the_checkpoint(tmp_path):
+    with Tracker(tmp_path / "tb") as tb:
+        for step in (1, 2, 3, 4):
+            tb.scalars({"loss": float(step)}, step)
+    with Tracker(tmp_path / "tb", purge_step=3) as tb:  # resumed from the checkpoint at 2
+        for step in (3, 4):
+            tb.scalars({"loss": 10.0 * step}, step)
+    points = read_runs(tmp_path / "tb")["."]["scalars"]["loss"]
+    assert points == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+
+
+def test_disabled_tracker_writes_nothing(tmp_path):
+    tb = Tracker(None)
+    assert not tb.enabled and tb.scalars({"a": 1.0}, 0) == ["a"]
+    tb.image("x", tmp_path / "missing.png", 0)  # not even read
+    tb.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_command_line_is_shell_quoted():
+    assert tensorboard_command("runs/a b") == "tensorboard --logdir 'runs/a b'"
