@@ -1,9 +1,9 @@
 """Progress bars that one switch hides everywhere, and log lines that never break a bar.
 
 Every long loop in fedsynth makes its bar with ``progress_bar(...)``. ``fedsynth
---no-progress`` (also ``--quiet``) calls ``disable_progress()``, which sets the environment
-variable ``FEDSYNTH_NO_PROGRESS=1``: processes started afterwards (Ray's workers running
-simulated sites, subprocesses) inherit it, so no bar appears anywhere. tqdm's own
+--no-progress`` (also ``--quiet``) runs the command inside ``progress_hidden()``, which
+sets the environment variable ``FEDSYNTH_NO_PROGRESS=1``: processes started meanwhile (Ray's
+workers running simulated sites, subprocesses) inherit it, so no bar appears anywhere. tqdm's own
 ``TQDM_DISABLE=1`` is set too, for libraries that draw their own tqdm bars.
 
 ``bars_and_logs()`` routes logging records and ``warnings.warn`` messages through
@@ -27,14 +27,24 @@ T = TypeVar("T")
 
 
 def progress_enabled() -> bool:
-    """False once ``disable_progress()`` ran here or in a parent process."""
+    """False inside ``progress_hidden()``, here or in a parent process."""
     return os.environ.get(ENV_NO_PROGRESS, "") not in ("1", "true", "yes")
 
 
-def disable_progress() -> None:
-    """Hide every progress bar of this process and of the processes it starts."""
-    os.environ[ENV_NO_PROGRESS] = "1"
-    os.environ["TQDM_DISABLE"] = "1"
+@contextlib.contextmanager
+def progress_hidden() -> Iterator[None]:
+    """Hide every progress bar of this process and of the processes it starts meanwhile."""
+    names = (ENV_NO_PROGRESS, "TQDM_DISABLE")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(dict.fromkeys(names, "1"))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def progress_bar(
