@@ -112,7 +112,7 @@ def test_several_runs_become_one_page(full_run, bare_run):
 def test_report_cli_prints_the_path_and_refuses_a_missing_run(full_run, tmp_path, capsys):
     out = tmp_path / "r.html"
     assert main(["report", str(full_run), "--out", str(out)]) == 0
-    assert capsys.readouterr().out.strip() == str(out) and out.is_file()
+    assert str(out) in capsys.readouterr().out and out.is_file()
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
 

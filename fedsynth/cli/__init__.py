@@ -95,10 +95,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack.enter_context(bars_and_logs(flwr_log))
         result = _run_command(args)
     if as_json:
-        print(json.dumps(result.to_json(), indent=2), file=stdout, flush=True)
+        print(json.dumps(result.to_json(), indent=2, default=_plain), file=stdout, flush=True)
     elif not quiet and result.headline:
         print(result.to_text(), file=stdout, flush=True)
     return result.exit_code
+
+
+def _plain(value: object) -> object:
+    """JSON for what commands put in a summary besides str/int/float: numpy scalars, paths."""
+    item = getattr(value, "item", None)  # numpy and torch scalars
+    return item() if callable(item) else str(value)
 
 
 def _run_command(args: argparse.Namespace) -> Summary:

@@ -89,8 +89,14 @@ class Summary:
         width = max((len(k) for k in [*self.outputs, *self.facts]), default=0)
         lines = [self.headline]
         lines += [f"  {k:<{width}}  {v}" for k, v in self.outputs.items()]
-        lines += [f"  {k:<{width}}  {v}" for k, v in self.facts.items()]
+        lines += [f"  {k:<{width}}  {_readable(v)}" for k, v in self.facts.items()]
         return "\n".join(lines)
+
+
+def _readable(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v}" for k, v in value.items())
+    return str(value)
 
 
 def announce_tensorboard(logdir: Path) -> None:

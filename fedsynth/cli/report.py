@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from fedsynth.cli._common import Summary
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -22,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Summary:
     from pathlib import Path
 
     from fedsynth.common.errors import DataError
@@ -30,5 +32,5 @@ def run(args: argparse.Namespace) -> int:
 
     if not Path(args.run_dir).is_dir():
         raise DataError(args.run_dir, "run directory does not exist")
-    print(write_report(args.run_dir, args.out))
-    return 0
+    path = write_report(args.run_dir, args.out)
+    return Summary("report", "wrote the HTML report", {"report": path})
