@@ -12,8 +12,10 @@ from tb_events import read_runs
 from fedsynth.common.tracking import (
     Tracker,
     finite_scalars,
+    site_epsilons,
     tensorboard_command,
     tensorboard_dir,
+    training_scalars,
 )
 
 
@@ -66,3 +68,34 @@ def test_disabled_tracker_writes_nothing(tmp_path):
 
 def test_command_line_is_shell_quoted():
     assert tensorboard_command("runs/a b") == "tensorboard --logdir 'runs/a b'"
+
+
+def test_training_rows_map_to_shared_tags():
+    central = {"step": 5, "loss_d": 0.7, "loss_g_l1": 20.0, "epsilon": 3.0, "seconds": 1.5,
+               "mean": {"psnr": 12.0}, "quality": {"t1": {"psnr": 11.0}}, "slices": 4}  # fmt: skip
+    assert training_scalars(central) == {
+        "loss/d": 0.7, "loss/g_l1": 20.0, "privacy/epsilon": 3.0, "run/seconds": 1.5,
+        "heldout/psnr": 12.0, "heldout/psnr/t1": 11.0, "run/slices": 4.0,
+    }  # fmt: skip
+    federated = {"round": 2, "kind": "round", "step": 6, "epsilon_max": 2.0, "epsilon": 2.0,
+                 "sites_ok": 3, "aggregated": 1.0, "loss_d": None}  # fmt: skip
+    assert training_scalars(federated) == {
+        "privacy/epsilon": 2.0, "run/sites_ok": 3.0, "run/aggregated": 1.0,
+    }  # fmt: skip
+    sites = [{"site": "site-0", "epsilon": 1.0, "loss_d": 0.3}, {"site": "site-1", "epsilon": None}]
+    assert site_epsilons(sites) == {"privacy/epsilon/site-0": 1.0}  # no site losses
+
+
+def test_hparams_of_several_runs_share_one_table(tmp_path):
+    for eps, auc in ((1.0, 0.5), (10.0, 0.6)):
+        with Tracker(tmp_path / f"eps-{eps}" / "tensorboard") as tb:
+            tb.hparams({"target_epsilon": eps, "label": f"eps-{eps}"}, {"sweep/auc": auc})
+    runs = read_runs(tmp_path)
+    assert {r: v["scalars"]["sweep/auc"][0][1] for r, v in runs.items()} == {
+        "eps-1.0/tensorboard": 0.5, "eps-10.0/tensorboard": pytest.approx(0.6)
+    }  # fmt: skip
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "eps-1.0" / "tensorboard"))
+    acc.Reload()
+    assert "_hparams_/session_start_info" in acc.summary_metadata  # the HParams plugin's row

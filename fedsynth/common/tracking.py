@@ -50,6 +50,40 @@ def finite_scalars(values: Mapping[str, Any]) -> dict[str, float]:
     return kept
 
 
+def training_scalars(row: Mapping[str, Any]) -> dict[str, float]:
+    """TensorBoard tags for one metrics.jsonl row of a GAN run (central step or federated round).
+
+    Central and federated runs share tags, so both (and every budget of a sweep) overlay in
+    one chart: ``loss/<d|g_adv|g_l1>``, ``privacy/epsilon``, ``heldout/<metric>`` (mean over
+    contrasts) and ``heldout/<metric>/<contrast>``; other numbers go under ``run/``. The x axis
+    is the training step (a federated round: round x local_steps).
+    """
+    tags: dict[str, Any] = {}
+    for key, value in row.items():
+        if key in ("step", "round", "kind", "epsilon_max"):  # axis / duplicates of epsilon
+            continue
+        if key == "mean" and isinstance(value, Mapping):
+            tags.update({f"heldout/{m}": v for m, v in value.items()})
+        elif key == "quality" and isinstance(value, Mapping):
+            for contrast, metrics in value.items():
+                tags.update({f"heldout/{m}/{contrast}": v for m, v in metrics.items()})
+        elif key.startswith("loss_"):
+            tags[f"loss/{key.removeprefix('loss_')}"] = value
+        elif key == "epsilon":
+            tags["privacy/epsilon"] = value
+        else:
+            tags[f"run/{key}"] = value
+    return finite_scalars(tags)
+
+
+def site_epsilons(site_rows: list[Mapping[str, Any]]) -> dict[str, float]:
+    """``privacy/epsilon/<site>`` from a round's site rows: the epsilon each site reported
+    (accounted, allowed to leave the site). Per-site losses are left out on purpose."""
+    return finite_scalars(
+        {f"privacy/epsilon/{r['site']}": r.get("epsilon") for r in site_rows if "site" in r}
+    )
+
+
 class Tracker:
     """TensorBoard writer of one run; ``Tracker(None)`` does nothing (tracking switched off).
 
@@ -85,6 +119,13 @@ class Tracker:
                 self._writer.add_scalar(tag, value, global_step=step)
             tags.append(tag)
         return tags
+
+    def hparams(self, params: Mapping[str, Any], metrics: Mapping[str, Any]) -> None:
+        """One row of TensorBoard's HParams table (e.g. a sweep's budget and its results),
+        written into this run's own folder so the runs of a sweep line up in one table."""
+        if self._writer is not None:
+            kept = {k: v for k, v in params.items() if isinstance(v, int | float | str | bool)}
+            self._writer.add_hparams(kept, finite_scalars(metrics), run_name=".")
 
     def image(self, tag: str, picture: str | Path | np.ndarray, step: int) -> None:
         """Log a picture: a PNG file, or an H x W x 3 uint8 array (values 0-255)."""
