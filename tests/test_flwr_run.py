@@ -3,21 +3,26 @@
 Starts ``flower-superlink --simulation --disable-runtime-dependency-installation`` on a free
 loopback port (a private FLWR_HOME, Ray's files in a short temporary dir), points a
 connection at it, sets the simulation federation to 3 SuperNodes and runs ``flwr run .``
-from the repository root on configs/smoke.yaml (3 sites, 2 rounds). Checks the checkpoints
-and every site's rows, then stops the SuperLink and everything it started and checks that
-nothing of it is left running.
+from the repository root on configs/smoke.yaml (3 sites, 2 rounds). Checks the checkpoints,
+every site's rows and the server's TensorBoard events, then stops the SuperLink and
+everything it started (Ray's processes included) and checks that nothing is left running.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from safetensors.numpy import load_file
+from tb_events import read_runs
 from test_deploy import BIN, REPO, Launcher, _descendants, flwr, free_port, wait_for
 
 SMOKE = "configs/smoke.yaml"
@@ -51,6 +56,19 @@ def _processes_mentioning(text: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def _stop_leftovers(find: Callable[[], list[int]], grace: float = 20.0) -> list[int]:
+    """Ray's raylet and GCS outlive the simulation process by a few seconds (they notice the
+    driver is gone); wait ``grace`` for them, then SIGKILL the rest. Returns survivors."""
+    deadline = time.monotonic() + grace
+    while find() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in find():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    time.sleep(1.0)
+    return find()
 
 
 def test_docs_show_the_commands_this_test_runs():
@@ -97,7 +115,8 @@ def test_flwr_run_on_a_local_simulation_superlink(tmp_path):
     finally:
         started = [pid for p in launcher.procs for pid in (p.pid, *_descendants(p.pid))]
         launcher.close()
-        left = [pid for pid in started if _alive(pid)] + _processes_mentioning(str(ray_tmp))
+        left = _stop_leftovers(lambda: [p for p in started if _alive(p)]
+                               + _processes_mentioning(str(ray_tmp)))  # fmt: skip
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
     assert not left, f"processes left running after stop: {left}"
@@ -112,3 +131,12 @@ def test_flwr_run_on_a_local_simulation_superlink(tmp_path):
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     sites = {(r["round"], r["site"]): r["status"] for r in rows if r.get("kind") == "site"}
     assert sites == {(r, f"site-{i}"): "ok" for r in (1, 2) for i in range(3)}, sites
+
+    # The server's TensorBoard events: epsilon per site per round, quality, samples; nothing
+    # per site beyond the epsilon it reported (its losses stay in the site's own log).
+    board = read_runs(run_dir / "tensorboard")["."]
+    per_site = {t for t in board["scalars"] if t.startswith("privacy/epsilon/")}
+    assert per_site == {f"privacy/epsilon/site-{i}" for i in range(3)}
+    assert all([s for s, _ in board["scalars"][t]] == [3, 6] for t in per_site)
+    assert "heldout/psnr" in board["scalars"] and board["images"]["samples"] == [6]
+    assert not [t for t in board["scalars"] if "site-" in t and not t.startswith("privacy/")]

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from audit_run import SMOKE
 from PIL import Image
 from tb_events import read_runs
 
@@ -99,3 +100,33 @@ def test_hparams_of_several_runs_share_one_table(tmp_path):
     acc = EventAccumulator(str(tmp_path / "eps-1.0" / "tensorboard"))
     acc.Reload()
     assert "_hparams_/session_start_info" in acc.summary_metadata  # the HParams plugin's row
+
+
+def test_fedsynth_train_writes_tensorboard_and_names_it(tmp_path, capfd):
+    """`fedsynth train --json`: the summary names the event folder; resume continues it."""
+    import json
+
+    from fedsynth.cli import main
+
+    run = tmp_path / "run"
+    argv = ["train", str(SMOKE), "--out", str(run), "--json", f"data.cache_dir={tmp_path / 'c'}",
+            "train.steps=2", "train.eval_every=2", "train.checkpoint_every=2",
+            "train.sample_every=2", "train.eval_slices=4", "train.sample_slices=2"]  # fmt: skip
+    assert main(argv) == 0
+    out, err = capfd.readouterr()
+    summary = json.loads(out)
+    assert summary["outputs"]["tensorboard"] == str(run / "tensorboard")
+    assert f"tensorboard --logdir {run / 'tensorboard'}" in err  # announced at the start
+    assert summary["facts"]["steps"] == 2 and "delta" in summary["facts"]["privacy"]
+    # 2 more steps than the noise was calibrated for: a higher ceiling, said explicitly
+    resume = ["train", "--resume", str(run), "train.steps=4", "privacy.target_epsilon=30", "-q"]
+    assert main(resume) == 0
+    assert capfd.readouterr().out == ""
+
+    scalars = read_runs(run)["tensorboard"]
+    for tag in ("loss/d", "loss/g_adv", "loss/g_l1", "privacy/epsilon", "heldout/psnr",
+                "heldout/ssim/flair", "run/slices_per_s"):  # fmt: skip
+        assert [s for s, _ in scalars["scalars"][tag]] == [2, 4], tag
+    assert scalars["images"] == {"samples": [2, 4]}
+    eps = [v for _, v in scalars["scalars"]["privacy/epsilon"]]
+    assert 0 < eps[0] <= 10.0 + 1e-6 < eps[1] <= 30.0  # the run's budgets

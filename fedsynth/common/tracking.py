@@ -1,6 +1,7 @@
 """Experiment tracking: TensorBoard event files beside a run's own files.
 
-One ``Tracker`` per run folder writes ``<folder>/tensorboard/`` (``tensorboard_dir``).
+One ``Tracker`` per run folder writes ``<folder>/tensorboard/`` (``tensorboard_dir``; the
+name is ``fedsynth.common.rundir.TENSORBOARD_DIR``).
 Callers pass what they already computed (a metrics row, a sample PNG); the tracker keeps
 every finite number and drops the rest, so a hook is one line. ``tensorboard --logdir
 <folder>`` shows one run; pointed at a parent folder (a sweep, a benchmark) it shows every
@@ -25,13 +26,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-TENSORBOARD_DIRNAME = "tensorboard"
+from fedsynth.common.rundir import TENSORBOARD_DIR
+
 FLUSH_SECS = 10  # TensorBoard's default (120 s) hides a short run's points until it ends
 
 
 def tensorboard_dir(run_root: str | Path) -> Path:
     """Where a run folder's event files go."""
-    return Path(run_root) / TENSORBOARD_DIRNAME
+    return Path(run_root) / TENSORBOARD_DIR
 
 
 def tensorboard_command(logdir: str | Path) -> str:
