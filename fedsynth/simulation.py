@@ -56,7 +56,9 @@ def simulate(cfg: Config, run_dir: Path) -> int:
     from fedsynth.common.data.cohort import resolve_cohort
     from fedsynth.server import checkpointing
     from fedsynth.server.app import ServerSettings, make_server_app, write_run_config
+    from fedsynth.server.strategy import strategy_class
 
+    strategy_class(cfg.federation.aggregation)  # refuse an unknown name before any file is written
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_config(run_dir, cfg)
     resolve_cohort(cfg)  # generate a phantom cohort once, here, not in K racing workers

@@ -8,7 +8,6 @@ Every error names the dotted key, e.g. ``config key 'train.lr': must be > 0, got
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fedsynth.common.errors import ConfigError
+from fedsynth.common.sites import site_index
 
 DEFAULT_CACHE_DIR = "~/.cache/fedsynth"
 
@@ -102,7 +102,9 @@ class PrivacyConfig:
 class FederationConfig:
     rounds: int = 10
     local_steps: int = 50
-    aggregation: str = "fedavg"  # "fedavg" | "fedmedian" | "trimmed-mean"
+    # A name in fedsynth.server.strategy.STRATEGIES, checked against it when a run starts
+    # (the registry imports Flower, which the config module must not).
+    aggregation: str = "fedavg"
     trim_fraction: float = 0.2  # for trimmed-mean
     min_sites: int = 2  # a round with fewer successful sites fails
     round_timeout_s: float = 3600.0
@@ -191,7 +193,6 @@ _CHOICES: dict[str, Sequence[str]] = {
     "train.gan_loss": ("lsgan", "bce"),
     "train.device": ("auto", "cpu", "cuda"),
     "privacy.accountant": ("rdp", "prv"),
-    "federation.aggregation": ("fedavg", "fedmedian", "trimmed-mean"),
     "synthesis.label_source": ("atlas", "cohort"),
     "synthesis.device": ("auto", "cpu", "cuda"),
 }
@@ -236,7 +237,7 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError("federation.client_cpus", "client resources must be > 0 CPUs, >= 0 GPUs")
     if not 0 <= cfg.preprocess.lower_percentile < cfg.preprocess.upper_percentile <= 100:
         raise ConfigError("preprocess.lower_percentile", "need 0 <= lower < upper <= 100")
-    if cfg.train.site != "all" and not re.fullmatch(r"site-\d+", cfg.train.site):
+    if cfg.train.site != "all" and site_index(cfg.train.site) is None:
         raise ConfigError("train.site", f"must be 'all' or 'site-<k>', got {cfg.train.site!r}")
     for key in ("train.eval_slices", "train.sample_slices"):
         if _get(cfg, key) < 0:

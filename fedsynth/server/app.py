@@ -29,7 +29,7 @@ from fedsynth.common.rundir import RunDir
 from fedsynth.server import checkpointing
 from fedsynth.server.evaluation import HeldOutEvaluator
 from fedsynth.server.rounds import RoundRecorder
-from fedsynth.server.strategy import build_strategy
+from fedsynth.server.strategy import build_strategy, strategy_class
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ def settings_from_run_config(run_config: dict[str, object]) -> ServerSettings:
     path = _find_config(str(run_config["config"]))
     overrides = shlex.split(str(run_config.get("overrides", "")))
     cfg = load_config(path, overrides)
+    strategy_class(cfg.federation.aggregation)  # refuse an unknown name before any file is written
     run_dir = Path(str(run_config.get("run-dir") or f"runs/{cfg.name}-flwr")).expanduser().resolve()
     return ServerSettings(cfg, run_dir, expected_sites=cfg.split.sites, progress=False)
 

@@ -41,6 +41,7 @@ from fedsynth.common.data.phantom import (
 from fedsynth.common.data.splits import TEST, Split, make_split, natural_key
 from fedsynth.common.errors import DataError
 from fedsynth.common.io.atomic import atomic_write_text
+from fedsynth.common.sites import site_index
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +282,7 @@ def load_split(cohort_dir: str | Path) -> Split:
         value = row.get("split", "")
         if value == TEST:
             test.append(subject)
-        elif value.startswith("site-") and value[5:].isdigit():
+        elif site_index(value) is not None:
             sites.setdefault(value, []).append(subject)
         else:
             raise DataError(
