@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -114,6 +115,10 @@ def test_fedsynth_train_writes_tensorboard_and_names_it(tmp_path, capfd):
             "train.sample_every=2", "train.eval_slices=4", "train.sample_slices=2"]  # fmt: skip
     assert main(argv) == 0
     out, err = capfd.readouterr()
+    assert re.search(r"train: +\d+%\|", err)  # the progress bar, on stderr
+    for line in err.split("\n"):  # a warning never shares a line with a bar (issue 15)
+        if "Warning" in line:
+            assert not re.search(r"\d+%\|", line.split("\r")[-1]), line
     summary = json.loads(out)
     assert summary["outputs"]["tensorboard"] == str(run / "tensorboard")
     assert f"tensorboard --logdir {run / 'tensorboard'}" in err  # announced at the start
@@ -121,7 +126,8 @@ def test_fedsynth_train_writes_tensorboard_and_names_it(tmp_path, capfd):
     # 2 more steps than the noise was calibrated for: a higher ceiling, said explicitly
     resume = ["train", "--resume", str(run), "train.steps=4", "privacy.target_epsilon=30", "-q"]
     assert main(resume) == 0
-    assert capfd.readouterr().out == ""
+    out, err = capfd.readouterr()
+    assert out == "" and "%|" not in err  # --quiet: no summary, no progress bar
 
     scalars = read_runs(run)["tensorboard"]
     for tag in ("loss/d", "loss/g_adv", "loss/g_l1", "privacy/epsilon", "heldout/psnr",
@@ -130,3 +136,28 @@ def test_fedsynth_train_writes_tensorboard_and_names_it(tmp_path, capfd):
     assert scalars["images"] == {"samples": [2, 4]}
     eps = [v for _, v in scalars["scalars"]["privacy/epsilon"]]
     assert 0 < eps[0] <= 10.0 + 1e-6 < eps[1] <= 30.0  # the run's budgets
+
+
+def test_sweep_budgets_line_up_in_one_hparams_view(tmp_path):
+    """Each budget's run gets one HParams row; `tensorboard --logdir SWEEP` compares them."""
+    import json
+
+    from fedsynth.common.rundir import SweepDir
+    from fedsynth.sweep.run import _track_budget
+
+    for eps, auc in ((math.inf, 0.55), (10.0, 0.5)):
+        run = SweepDir(tmp_path).budget("inf" if math.isinf(eps) else "10")
+        run.root.mkdir(parents=True)
+        rows = [{"kind": "site", "site": "site-0"}, {"kind": "round", "mean": {"ssim": 0.3}}]
+        run.metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        summary = {"worst_epsilon": None if math.isinf(eps) else 9.8, "membership_auc": auc,
+                   "memorised_fraction": 0.05}  # fmt: skip
+        _track_budget(run, eps, summary)
+    runs = read_runs(tmp_path)
+    assert set(runs) == {"eps-inf/tensorboard", "eps-10/tensorboard"}
+    final = {r: {t: v[0][1] for t, v in d["scalars"].items()} for r, d in runs.items()}
+    assert final["eps-10/tensorboard"] == {
+        "sweep/worst_epsilon": pytest.approx(9.8), "sweep/membership_auc": 0.5,
+        "sweep/memorised_fraction": pytest.approx(0.05), "sweep/heldout_ssim": pytest.approx(0.3),
+    }  # fmt: skip
+    assert "sweep/worst_epsilon" not in final["eps-inf/tensorboard"]  # infinity: no point

@@ -75,6 +75,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     quiet, as_json = getattr(args, "quiet", False), getattr(args, "json_summary", False)
+    if quiet and hasattr(args, "no_progress"):
+        args.no_progress = True  # commands pass it on as progress=False explicitly
     level = logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
