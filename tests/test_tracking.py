@@ -122,7 +122,7 @@ def test_fedsynth_train_writes_tensorboard_and_names_it(tmp_path, capfd):
     summary = json.loads(out)
     assert summary["outputs"]["tensorboard"] == str(run / "tensorboard")
     assert f"tensorboard --logdir {run / 'tensorboard'}" in err  # announced at the start
-    assert summary["facts"]["steps"] == 2 and "delta" in summary["facts"]["privacy"]
+    assert summary["facts"]["steps"] == 2 and "delta" in summary["facts"]["privacy_statement"]
     # 2 more steps than the noise was calibrated for: a higher ceiling, said explicitly
     resume = ["train", "--resume", str(run), "train.steps=4", "privacy.target_epsilon=30", "-q"]
     assert main(resume) == 0

@@ -81,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's database migrations
     flwr_log = logging.getLogger("flwr")
     flwr_log.propagate = False  # Flower logs through its own handler already
     if quiet:

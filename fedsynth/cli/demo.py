@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> Summary:
     }
     facts = {
         "rounds": fed["rounds"],
-        "privacy": fed["privacy"],
-        "membership AUC": round(summaries["audit"]["membership_auc"], 2),
+        "privacy_statement": fed["privacy"],
+        "membership_auc": round(summaries["audit"]["membership_auc"], 2),
     }
     took = time.perf_counter() - start
     return Summary("demo", f"fedsynth demo finished in {took:.0f} s", outputs, facts)

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> Summary:
     if run.privacy.is_file():
         privacy = json.loads(run.privacy.read_text())
         facts.update(epsilon=privacy["worst_epsilon"], delta=privacy["delta"],
-                     privacy=privacy["statement"])  # fmt: skip
+                     privacy_statement=privacy["statement"])  # fmt: skip
     if done < cfg.federation.rounds:
         headline = (f"stopped after round {done} of {cfg.federation.rounds}; resume with "
                     f"'fedsynth simulate --resume {run_dir}'")  # fmt: skip

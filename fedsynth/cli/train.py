@@ -67,5 +67,5 @@ def run(args: argparse.Namespace) -> Summary:
                "samples": run_dir.sample_png(latest), "plots": run_dir.plots,
                "tensorboard": run_dir.tensorboard}  # fmt: skip
     facts = {"steps": latest, "epsilon": privacy["worst_epsilon"], "delta": privacy["delta"],
-             "privacy": privacy["statement"]}  # fmt: skip
+             "privacy_statement": privacy["statement"]}  # fmt: skip
     return Summary("train", f"trained {latest} steps", outputs, facts)
