@@ -53,3 +53,20 @@ def test_warnings_and_logs_get_their_own_line_above_the_bar():
 def test_no_progress_switch_hides_bars_in_child_processes():
     shown = _run("redirect", **{ENV_NO_PROGRESS: "1"})
     assert "working" not in shown and "careful-now" in shown and "a-log-line" in shown
+
+
+def test_hidden_progress_silences_plain_tqdm_bars_in_child_processes():
+    """Ray's workers and libraries draw bars with tqdm directly: TQDM_DISABLE reaches them
+    (tqdm reads it at import, so in this process only progress_bar() obeys the switch)."""
+    from fedsynth.common.progress import progress_hidden
+
+    code = "from tqdm import tqdm; list(tqdm(range(3), desc='plain', mininterval=0))"
+
+    def child_stderr() -> str:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True,
+                              env=dict(os.environ), timeout=60)  # fmt: skip
+        return done.stderr.decode()
+
+    with progress_hidden():
+        assert child_stderr() == ""
+    assert "plain" in child_stderr()
