@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 
 import numpy as np
 import pytest
@@ -53,6 +54,9 @@ def test_resume_hides_points_an_earlier_attempt_wrote_after_the_checkpoint(tmp_p
     with Tracker(tmp_path / "tb") as tb:
         for step in (1, 2, 3, 4):
             tb.scalars({"loss": float(step)}, step)
+    # TensorBoard reads event files in name order, and names start with the time in seconds:
+    # a resume is a later process, so let a second pass as one would.
+    time.sleep(1.1)
     with Tracker(tmp_path / "tb", purge_step=3) as tb:  # resumed from the checkpoint at 2
         for step in (3, 4):
             tb.scalars({"loss": 10.0 * step}, step)
