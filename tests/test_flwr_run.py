@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from helpers.tb_events import read_runs
 from safetensors.numpy import load_file
-from tb_events import read_runs
 from test_deploy import BIN, REPO, Launcher, _descendants, flwr, free_port, wait_for
 
 SMOKE = "configs/smoke.yaml"

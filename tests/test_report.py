@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from audit_run import train_tiny_run
 from PIL import Image
 
 from fedsynth.audit.writer import run_audit
@@ -35,9 +34,9 @@ def _fake_benchmark(run_root: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory) -> Path:
+def full_run(tiny_run) -> Path:
     """A tiny run with every optional part: audit and benchmark."""
-    run = train_tiny_run(tmp_path_factory.mktemp("report"))
+    run = tiny_run
     run_audit(run.root, resamples=50)
     _fake_benchmark(run.root)
     return run.root

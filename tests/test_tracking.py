@@ -8,9 +8,9 @@ import time
 
 import numpy as np
 import pytest
-from audit_run import SMOKE
+from helpers import SMOKE
+from helpers.tb_events import read_runs
 from PIL import Image
-from tb_events import read_runs
 
 from fedsynth.common.tracking import (
     Tracker,

@@ -1,9 +1,15 @@
 """The ``fedsynth`` command: one module per subcommand, each a thin call into the packages.
 
 A command module exposes ``register(subparsers)`` which adds its parser and sets
-``func(args) -> Summary | int``. Heavy imports (torch, flwr) happen inside ``func`` so that
-``fedsynth --help`` stays fast. Every command also takes ``--quiet``, ``--json`` and
+``func(args) -> Summary | int``. Every command also takes ``--quiet``, ``--json`` and
 ``--no-progress`` (cli/_common.py); ``main`` applies them and prints the returned Summary.
+
+Imports: the one place in fedsynth where a module imports inside a function. ``--help``
+imports every command module, so each imports at its top only the light layer (the standard
+library, ``fedsynth.common.config`` / ``errors`` / ``rundir`` / ``io.atomic``), and imports
+the package it runs (which pulls in torch, flwr, ray, monai, matplotlib) inside ``func``.
+Every other module imports at its top. ``tests/test_cli.py`` checks that ``--help`` loads
+none of those libraries.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ COMMANDS: tuple[str, ...] = (
     "demo",
     "certs",
     "site_check",
+    "config",
 )
 
 

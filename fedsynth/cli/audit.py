@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from fedsynth.cli._common import Summary
+from fedsynth.common.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,7 +40,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> Summary:
     from fedsynth.audit.writer import run_audit
-    from fedsynth.common.errors import ConfigError
 
     if args.bootstrap < 0:
         raise ConfigError("--bootstrap", f"must be >= 0, got {args.bootstrap}")

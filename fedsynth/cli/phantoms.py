@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import time
+from collections import Counter
+from pathlib import Path
 
 from fedsynth.cli._common import Summary
+from fedsynth.common.config import PhantomConfig
 
 DESCRIPTION = """\
 Generate a phantom brain-tumour cohort in BraTS 2021 layout (no download needed).
@@ -56,11 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> Summary:
-    import time
-    from collections import Counter
-    from pathlib import Path
 
-    from fedsynth.common.config import PhantomConfig
     from fedsynth.common.data.phantom import MANIFEST, generate_phantom_cohort
     from fedsynth.common.data.preview import preview_cohort
     from fedsynth.common.data.splits import natural_key

@@ -19,7 +19,6 @@ from fedsynth.cli._common import Summary, add_config_args, announce_tensorboard
 from fedsynth.common.config import Config, load_config
 from fedsynth.common.errors import ConfigError
 from fedsynth.common.rundir import RunDir, clear_for_new_output
-from fedsynth.simulation import simulate
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +72,8 @@ def resolve_run(args: argparse.Namespace) -> tuple[Config, Path]:
 
 
 def run(args: argparse.Namespace) -> Summary:
+    from fedsynth.simulation import simulate
+
     cfg, run_dir = resolve_run(args)
     run = RunDir(run_dir)
     announce_tensorboard(run.tensorboard)

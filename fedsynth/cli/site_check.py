@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from fedsynth.cli._common import Summary
+from fedsynth.common.config import load_config
 
 DESCRIPTION = """\
 Check that this site can join a federation, without contacting anyone (except a TLS
@@ -45,7 +46,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> Summary:
-    from fedsynth.common.config import load_config
     from fedsynth.deploy.site_check import check_site
 
     overrides = list(args.overrides)

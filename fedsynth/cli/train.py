@@ -12,6 +12,9 @@ import argparse
 import json
 
 from fedsynth.cli._common import Summary, add_config_args, announce_tensorboard
+from fedsynth.common.config import load_config
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.rundir import RunDir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,8 +33,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _parse_overrides(items: list[str]) -> dict[str, str]:
-    from fedsynth.common.errors import ConfigError
-
     out = {}
     for item in items:
         if "=" not in item:
@@ -43,9 +44,6 @@ def _parse_overrides(items: list[str]) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> Summary:
     from fedsynth.central import resume_central, set_determinism, train_central
-    from fedsynth.common.config import load_config
-    from fedsynth.common.errors import ConfigError
-    from fedsynth.common.rundir import RunDir
 
     set_determinism()
     progress = not args.no_progress

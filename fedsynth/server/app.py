@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsynth.common.config import Config, config_to_yaml, load_config
 from fedsynth.common.errors import ConfigError
+from fedsynth.common.models.registry import build_generator
 from fedsynth.common.rundir import RunDir
 from fedsynth.server import checkpointing
 from fedsynth.server.evaluation import HeldOutEvaluator
@@ -69,9 +71,6 @@ def _find_config(name: str) -> Path:
 
 def initial_generator(cfg: Config) -> dict[str, np.ndarray]:
     """A freshly initialised generator (seeded by ``cfg.seed``) as name -> float32 array."""
-    import torch
-
-    from fedsynth.common.models.registry import build_generator
 
     torch.manual_seed(cfg.seed)
     model = build_generator(cfg.model)
