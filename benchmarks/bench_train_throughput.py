@@ -29,8 +29,6 @@ import torch
 from fedsynth.common.config import load_config
 from fedsynth.common.gan.trainer import LocalTrainer
 
-PRECISION_KEY = ""  # "train.precision" once the trainer reads it
-
 
 @dataclass
 class SyntheticCache:
@@ -79,9 +77,8 @@ def measure(
     overrides = [
         f"preprocess.image_size={size}", f"train.batch_size={batch}", f"train.device={device}",
         f"privacy.enabled={str(dp).lower()}", f"train.steps={steps + 1}", "privacy.delta=1e-4",
+        f"train.precision={precision if not dp or precision != 'bf16' else 'fp32'}",
     ]  # fmt: skip
-    if PRECISION_KEY:
-        overrides.append(f"{PRECISION_KEY}={precision}")
     if config is not None:  # a real config's data section may point at a cohort not here
         overrides.append("data.source=phantom")
     cfg = load_config(config, overrides)
@@ -94,6 +91,7 @@ def measure(
         "image_size": size,
         "dp": dp,
         "device": _device_name(trainer.device),
+        "precision": str(trainer.amp_dtype or torch.float32).removeprefix("torch."),
         "steps": steps,
         "slices": report.slices,
         "seconds": report.seconds,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
 import pytest
 import torch
+from helpers.gan_fakes import fake_cache, tiny_config
 
 from fedsynth.common.device import (
     Prefetcher,
@@ -83,3 +85,68 @@ def test_prefetcher_passes_errors_on():
 
     with pytest.raises(RuntimeError, match="vanished"):
         list(Prefetcher(make, 2).take(3))
+
+
+# --------------------------------------------------------------------------- in the trainer
+
+
+def _trained(cfg, depth: int, monkeypatch) -> dict:
+    import fedsynth.common.gan.trainer as trainer_module
+    from fedsynth.common.gan.trainer import LocalTrainer
+
+    monkeypatch.setattr(trainer_module, "loader_depth", lambda device: depth)
+    t = LocalTrainer(cfg, fake_cache(), planned_steps=4)
+    t.train_steps(2)
+    t.train_steps(2)  # two calls: the prefetcher must not read ahead across them
+    return {"weights": t.get_generator_weights(), "accountant": t.accountant.state_dict(),
+            "rng": t.rng.bit_generator.state}  # fmt: skip
+
+
+@pytest.mark.parametrize("dp", ["true", "false"])
+def test_prefetching_trainer_takes_exactly_the_same_steps(dp, monkeypatch):
+    """The GPU loader (2 batches ahead, in a thread) forced on the CPU: same patients sampled,
+    same weights, same accountant and the sampling RNG in the same state as without it."""
+    from dataclasses import fields
+
+    import numpy as np
+
+    from fedsynth.common.config import PrivacyConfig
+
+    # Compare two trainers: DP noise and sampling must come from the (labelled) public seed.
+    replay = [f"privacy.{f.name}=true" for f in fields(PrivacyConfig)
+              if f.name == "insecure_reproducible_noise"]  # fmt: skip
+    cfg = tiny_config(f"privacy.enabled={dp}", *replay)
+    plain, ahead = _trained(cfg, 0, monkeypatch), _trained(cfg, 2, monkeypatch)
+    assert plain["rng"] == ahead["rng"] and plain["accountant"] == ahead["accountant"]
+    assert all(np.array_equal(plain["weights"][k], ahead["weights"][k]) for k in plain["weights"])
+
+
+def test_trainer_refuses_bf16_with_dp_and_a_missing_gpu(monkeypatch):
+    from fedsynth.common.gan.trainer import LocalTrainer
+
+    with pytest.raises(ConfigError, match="not used with DP"):
+        LocalTrainer(tiny_config("train.precision=bf16"), fake_cache(), planned_steps=4,
+                     device="cuda")  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="'train.device': cuda was asked for"):
+        LocalTrainer(tiny_config("train.device=cuda"), fake_cache(), planned_steps=4)
+
+
+def test_bf16_autocast_trains_without_dp_on_cpu_parts():
+    """The autocast path of a step (as on a GPU), exercised on CPU parts: finite losses,
+    float32 weights; and GanParts refuses autocast together with DP engines."""
+    from fedsynth.common.gan.step import GanParts, train_step
+    from fedsynth.common.gan.trainer import LocalTrainer
+
+    t = LocalTrainer(tiny_config("privacy.enabled=false"), fake_cache(), planned_steps=2)
+    t.parts.amp_dtype = torch.bfloat16
+    cond, real = t._next_batch()
+    while cond.shape[0] == 0:
+        cond, real = t._next_batch()
+    losses = train_step(t.parts, cond, real)
+    assert all(map(math.isfinite, (losses.d, losses.g_adv, losses.g_l1)))
+    assert all(p.dtype == torch.float32 for p in t.generator.parameters())
+    dp = LocalTrainer(tiny_config(), fake_cache(), planned_steps=2).parts
+    with pytest.raises(ValueError, match="not used with DP"):
+        GanParts(dp.generator, dp.discriminator, dp.opt_g, dp.opt_d, dp.loss, dp.dp_d, dp.dp_g,
+                 amp_dtype=torch.bfloat16)  # fmt: skip

@@ -79,11 +79,16 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def to_device(tensors: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Copy CPU tensors to ``device``: through pinned memory and without blocking on CUDA."""
+def pin(tensors: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Page-locked copies of host tensors bound for a GPU (the copy can then run async)."""
     if device.type != "cuda":
-        return tuple(t.to(device) for t in tensors)
-    return tuple(t.pin_memory().to(device, non_blocking=True) for t in tensors)
+        return tuple(tensors)
+    return tuple(t.pin_memory() for t in tensors)
+
+
+def to_device(tensors: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Copy host tensors to ``device``; on CUDA without blocking (async from pinned memory)."""
+    return tuple(t.to(device, non_blocking=device.type == "cuda") for t in tensors)
 
 
 class Prefetcher:
