@@ -94,8 +94,8 @@ class RoundRecorder:
         self._round_started = time.perf_counter()
         local = cfg.federation.local_steps
         # A resumed server hides what a killed attempt logged after the committed round.
-        purge = state.round * local + 1 if state.round else None
-        self.tracker = Tracker(tensorboard_dir(run_dir), purge_step=purge)
+        self._purge = state.round * local + 1 if state.round else None
+        self.tracker = Tracker(None)  # opened with the first round: nothing written before
         self.bar = progress_bar(
             total=cfg.federation.rounds, initial=state.round, desc="rounds", unit="round",
             leave=True, enabled=progress,
@@ -169,6 +169,8 @@ class RoundRecorder:
 
     def _track(self, outcome: RoundOutcome, summary: dict[str, Any], local: int) -> None:
         step = outcome.round * local
+        if not self.tracker.enabled:
+            self.tracker = Tracker(tensorboard_dir(self.run_dir), purge_step=self._purge)
         self.tracker.scalars({**training_scalars(summary),
                               **site_epsilons(site_rows(outcome, local))}, step)  # fmt: skip
         sample = RunDir(self.run_dir).sample_png(step)
