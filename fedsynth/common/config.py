@@ -218,7 +218,9 @@ BENCHMARK_ARMS: tuple[str, ...] = (
     "synthetic",  # synthetic cohort only (anonymisation)
     "local+synthetic",  # a site's real patients plus the synthetic cohort (augmentation)
     "synthetic->finetune",  # pretrain on synthetic, fine-tune on a site's real patients
-    "fedavg",  # segmentation trained with Flower FedAvg across the sites
+    "fedavg",  # segmentation trained with Flower FedAvg across the sites (not DP)
+    "public-only",  # synthetic cohort of a generator that never saw site data (needs
+    # benchmark.public_checkpoint): what a site gets without the consortium
 )
 
 
@@ -226,14 +228,24 @@ BENCHMARK_ARMS: tuple[str, ...] = (
 class BenchmarkConfig:
     """Segmentation benchmark (``fedsynth benchmark``): which arms, how each model trains."""
 
-    arms: list[str] = field(default_factory=lambda: list(BENCHMARK_ARMS))
+    arms: list[str] = field(
+        default_factory=lambda: [a for a in BENCHMARK_ARMS if a != "public-only"]
+    )
     seeds: int = 3  # repetitions of every arm with seeds cfg.seed + 0, 1, ...
-    segmenter: str = "unet2d"  # fedsynth.common.models.segmenter.SEGMENTERS
+    segmenter: str = "unet2d"  # fedsynth.benchmark.segmenter.SEGMENTERS
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])  # U-Net widths
-    steps: int = 300  # optimisation steps per model (fedavg: rounds x local steps per site)
+    res_units: int = 2  # residual units per U-Net level (MONAI UNet num_res_units)
+    steps: int = 1500  # most optimisation steps per model (fedavg: rounds x local steps)
     batch_size: int = 16  # slices per step
-    lr: float = 1e-3  # Adam
+    lr: float = 2e-3  # Adam
     tumour_slice_prob: float = 0.5  # chance a training slice is drawn among tumour slices
+    augment: bool = True  # random flips and per-contrast intensity jitter
+    val_fraction: float = 0.15  # of each arm's own training patients, for early stopping
+    eval_every: int = 100  # steps between validation scores (the learning curve's points)
+    patience: int = 4  # evaluations without a validation Dice gain > min_delta: stop
+    min_delta: float = 0.005  # smallest validation Dice gain that counts as progress
+    public_checkpoint: str | None = None  # generator that never saw site data (public-only)
+    workers: int = 1  # processes training arms in parallel (each with 1 torch thread if > 1)
     synthetic_cases: int = 40  # cases synthesised when the benchmark is given --checkpoint
     finetune_steps: int = 100  # synthetic->finetune: steps on the site's real data
     finetune_lr: float = 5e-4
@@ -418,6 +430,24 @@ def _check_benchmark(b: BenchmarkConfig) -> None:
     for key in ("finetune_steps", "overlay_patients"):
         if getattr(b, key) < 0:
             raise ConfigError(f"benchmark.{key}", f"must be >= 0, got {getattr(b, key)}")
+    for key in ("patience", "workers"):
+        if getattr(b, key) < 1:
+            raise ConfigError(f"benchmark.{key}", f"must be >= 1, got {getattr(b, key)}")
+    for key in ("res_units", "min_delta"):
+        if getattr(b, key) < 0:
+            raise ConfigError(f"benchmark.{key}", f"must be >= 0, got {getattr(b, key)}")
+    if not 0 < b.eval_every <= b.steps:
+        raise ConfigError(
+            "benchmark.eval_every", f"must be in [1, benchmark.steps], got {b.eval_every}"
+        )
+    if not 0.0 <= b.val_fraction < 1.0:
+        raise ConfigError("benchmark.val_fraction", f"must be in [0, 1), got {b.val_fraction}")
+    if "public-only" in b.arms and not b.public_checkpoint:
+        raise ConfigError(
+            "benchmark.public_checkpoint",
+            "arm public-only needs the path of a generator checkpoint that never saw site data "
+            "(fedsynth pretrain writes one)",
+        )
     if not 1 <= b.fedavg_rounds <= b.steps:
         raise ConfigError(
             "benchmark.fedavg_rounds", f"must be in [1, benchmark.steps], got {b.fedavg_rounds}"

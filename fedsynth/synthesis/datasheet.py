@@ -22,6 +22,7 @@ from fedsynth import __version__
 from fedsynth.common.config import Config
 from fedsynth.common.data.brats import MODALITIES
 from fedsynth.common.data.preprocess import display_view
+from fedsynth.common.gan.init import public_pretraining
 from fedsynth.common.io.atomic import save_figure
 from fedsynth.common.rundir import RunDir
 
@@ -95,6 +96,10 @@ def training_section(gen: Any) -> dict[str, Any]:
         "generator": asdict(gen.model),
         "image_size": gen.image_size,
         "checkpoint_epsilon": gen.extra.get("epsilon"),
+        # The public data the generator started from (fedsynth pretrain), or None.
+        "pretrained_on": public_pretraining(
+            gen.run_config.model.init if gen.run_config is not None else None, gen.extra
+        ),
     }
 
 
