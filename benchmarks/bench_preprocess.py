@@ -7,6 +7,12 @@
    then random one-slice-per-patient batches (PatientSampler + conditioning maps) read from
    the memory-mapped cache vs from the same arrays held in memory. The memory map is read
    with a warm page cache (the build just wrote it), as in training after the first steps.
+3. What training consumes: non-DP LocalTrainer steps (default networks, ``--batch``
+   expected patients) on that same cache, in slices per second, measured in the same run.
+
+Targets (issue 17), printed as ratios: load + preprocess of one real case at 128 px within
+2 s (``case_s_per_target`` <= 1), and the cache read faster than training consumes
+(``read_per_consumed`` >> 1: the cache is then not the bottleneck).
 
     .venv/bin/python benchmarks/bench_preprocess.py [--out runs/bench/preprocess]
 """
@@ -25,15 +31,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedsynth.common.config import PreprocessConfig
+from fedsynth.common.config import PreprocessConfig, load_config
 from fedsynth.common.data import brats
 from fedsynth.common.data.cache import build_slices
 from fedsynth.common.data.datasets import PatientSampler
 from fedsynth.common.data.preprocess import brain_mask, normalise_intensity, preprocess_case
 from fedsynth.common.data.tissue import compute_tissue
+from fedsynth.common.data.validate import load_case
+from fedsynth.common.gan.trainer import LocalTrainer
 from fedsynth.common.io.atomic import atomic_write_json
-from fedsynth.common.io.nifti import load_case
 
+TARGET_CASE_S = 2.0  # issue 17: preprocessing <= 2 s per real BraTS case at 128 px
 SHARED_CASE = Path("/work/shared/data/brats/BraTS-GLI-00000-000")
 FIXTURE_CASE = Path(__file__).resolve().parents[1] / "tests/fixtures/brats2023/BraTS-GLI-00000-000"
 
@@ -109,6 +117,8 @@ def bench_cache(case_dir: Path, patients: int, size: int, batch: int, seconds: f
             tissue=np.array(cache.tissue),
         )
         resident = PatientSampler(in_memory, q, 0.7, seed=0)
+        consumed = _consumed_rate(cache, size, batch)
+        memmap_rate = _read_rate(mapped, seconds)
         return {
             "patients": patients,
             "image_size": size,
@@ -117,9 +127,23 @@ def bench_cache(case_dir: Path, patients: int, size: int, batch: int, seconds: f
             "build_s": build_s,
             "build_per_case_s": build_s / patients,
             "expected_batch": batch,
-            "memmap_slices_per_s": _read_rate(mapped, seconds),
+            "memmap_slices_per_s": memmap_rate,
             "in_memory_slices_per_s": _read_rate(resident, seconds),
+            "training_consumes_slices_per_s": consumed,
+            "read_per_consumed": memmap_rate / consumed,
         }
+
+
+def _consumed_rate(cache, size: int, batch: int, steps: int = 4) -> float:
+    """Slices per second a non-DP training step of the default networks consumes."""
+    cfg = load_config(None, [
+        f"preprocess.image_size={size}", f"train.batch_size={batch}", "train.device=cpu",
+        "privacy.enabled=false", f"train.steps={steps + 1}",
+    ])  # fmt: skip
+    trainer = LocalTrainer(cfg, cache, planned_steps=steps + 1)
+    trainer.train_steps(1)  # warm-up
+    report = trainer.train_steps(steps)
+    return report.slices / report.seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +168,13 @@ def main(argv: list[str] | None = None) -> int:
         },
         "case": bench_case(case_dir, args.sizes, args.repeats),
         "cache": bench_cache(case_dir, args.patients, args.cache_size, args.batch, args.seconds),
+    }
+    case = results["case"]
+    per_case = case["load_s"] + case.get("preprocess_128_s", float("nan"))
+    results["targets"] = {
+        "case_load_plus_preprocess_128_s": per_case,
+        "case_s_per_target": per_case / TARGET_CASE_S,
+        "read_per_consumed": results["cache"]["read_per_consumed"],
     }
     print(json.dumps(results, indent=2))
     out = Path(args.out)

@@ -53,13 +53,14 @@ def simulate(cfg: Config, run_dir: Path) -> int:
     from flwr.simulation import run_simulation
 
     from fedsynth.client.app import app as client_app
-    from fedsynth.common.data.cohort import resolve_cohort
+    from fedsynth.common.data.cohort import record_skipped, resolve_cohort
     from fedsynth.server import checkpointing
     from fedsynth.server.app import ServerSettings, make_server_app, write_run_config
 
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_config(run_dir, cfg)
-    resolve_cohort(cfg)  # generate a phantom cohort once, here, not in K racing workers
+    # Generate a phantom cohort (or validate a real one) once, here, not in K racing workers.
+    record_skipped(resolve_cohort(cfg), run_dir)  # invalid cases left out, listed in the run
     settings = ServerSettings(cfg, run_dir, expected_sites=cfg.split.sites)
     with flower_environment(run_dir) as ray_tmp:
         run_simulation(

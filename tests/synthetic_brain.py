@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from fedsynth.common.data import brats
-from fedsynth.common.io.nifti import LoadedCase, save_volume
+from fedsynth.common.data.loaded import LoadedCase
+from fedsynth.common.io.nifti import save_volume
 
 SHAPE = (36, 44, 30)
 # Mean intensity per tissue class (0 unused, 1 CSF, 2 GM, 3 WM) and per tumour label (1, 2, 3).

@@ -29,6 +29,11 @@ class DataConfig:
     cache_dir: str = DEFAULT_CACHE_DIR  # phantom cohorts and slice caches live here
     strict: bool = True  # True: any invalid case is an error; False: skip it with a warning
     labels_optional: bool = False  # allow cases without a label map (synthesis inputs only)
+    # Label convention of the label maps: "auto" (by file naming: BraTS 2017-2021 names 0/1/2/4,
+    # 2023 names 0/1/2/3, Decathlon 0/1 oedema/2 non-enhancing/3 enhancing) or one forced for
+    # every case: "brats2015" (BraTS 2012-2016, 0/1/2/3/4; 3 non-enhancing merges into 1),
+    # "brats2021", "brats2023", "msd". See docs/data.md.
+    labels: str = "auto"
 
 
 @dataclass
@@ -187,6 +192,7 @@ _ = MISSING  # re-exported for sections that add required keys later
 # (key, predicate, description) checked after parsing; the key names the offending value.
 _CHOICES: dict[str, Sequence[str]] = {
     "data.source": ("phantom", "cohort"),
+    "data.labels": ("auto", "brats2021", "brats2023", "brats2015", "msd"),  # fmt: skip
     "split.policy": ("iid", "dirichlet", "by-site"),
     "train.gan_loss": ("lsgan", "bce"),
     "train.device": ("auto", "cpu", "cuda"),

@@ -110,9 +110,19 @@ def sites_section(run: Path) -> Section:
         for site, ids in sorted(split.sites.items())
     ]
     rows.append(["test (held out)", len(split.test), "no", ", ".join(split.test)])
-    return Section(
-        "sites", "Sites", table(["site", "patients", "trained the generator", "subjects"], rows)
-    )
+    body = table(["site", "patients", "trained the generator", "subjects"], rows)
+    return Section("sites", "Sites", body + _skipped_cases(run))
+
+
+def _skipped_cases(run: Path) -> str:
+    """The cases validation left out of the split (data.strict=false), with their reasons."""
+    record = _json(run / "skipped_cases.json")
+    if not record or not record.get("skipped"):
+        return ""
+    skipped = record["skipped"]
+    rows = [[case, "; ".join(problems)] for case, problems in sorted(skipped.items())]
+    intro = f"<p>{len(skipped)} invalid case(s) skipped (data.strict=false), not in any split:</p>"
+    return intro + table(["case", "problems"], rows)
 
 
 def _num(x: Any) -> str:

@@ -159,7 +159,7 @@ def cohort_case(case_files: Any, tissue_seed: int = 0) -> LabelCase:
     file for unreadable or invalid data.
     """
     from fedsynth.common.data import preprocess, tissue
-    from fedsynth.common.io.nifti import load_case
+    from fedsynth.common.data.validate import load_case
 
     loaded = load_case(case_files, labels_optional=True)
     brain = preprocess.brain_mask(loaded.images, loaded.seg)
@@ -183,6 +183,7 @@ def cohort_case(case_files: Any, tissue_seed: int = 0) -> LabelCase:
         source=COHORT,
         source_subject=loaded.case_id,
         anatomy_subject=loaded.case_id,
+        stored_affine=loaded.stored_affine,
     )
 
 

@@ -55,8 +55,8 @@ def preview_cohort(cohort_dir: str | Path, out_png: str | Path, n_subjects: int 
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
+    from fedsynth.common.data.validate import load_case
     from fedsynth.common.io.atomic import save_figure
-    from fedsynth.common.io.nifti import load_case
 
     cohort_dir = Path(cohort_dir)
     cases = discover_cases(cohort_dir)

@@ -184,6 +184,10 @@ def train_central(
     """Start a new run in ``out`` and train to the end. ``data`` overrides loading the cohort."""
     run = RunDir(out)
     run.create(cfg, overwrite=overwrite)
+    if data is None:  # the cases validation left out of the split, listed in the run
+        from fedsynth.common.data.cohort import record_skipped, resolve_cohort
+
+        record_skipped(resolve_cohort(cfg), run.root)
     central = CentralRun(cfg, run, data or load_central_data(cfg), device)
     central.write_privacy()
     central.train(progress)
