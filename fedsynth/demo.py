@@ -24,6 +24,7 @@ from typing import Any
 from fedsynth.common.config import Config, config_to_yaml
 from fedsynth.common.errors import DataError
 from fedsynth.common.io.atomic import atomic_write_json, atomic_write_text
+from fedsynth.common.rundir import DemoDir
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def _cohort(cfg: Config, out: Path) -> dict[str, Any]:
     if not report.ok:
         raise DataError(cohort, "the demo cohort failed validation:\n" + report.summary())
     split = load_split(cohort)
-    preview = preview_cohort(cohort, out / "cohort_preview.png")
+    preview = preview_cohort(cohort, DemoDir(out).preview)
     return {
         "cohort": str(cohort),
         "cases": len(report.cases),
@@ -58,15 +59,16 @@ def _cohort(cfg: Config, out: Path) -> dict[str, Any]:
 def _federated(cfg: Config, out: Path) -> dict[str, Any]:
     from fedsynth.simulation import simulate
 
-    run_dir = out / "federated"
+    run = DemoDir(out).federated
+    run_dir = run.root
     done = simulate(cfg, run_dir)  # resumes from the last completed round if interrupted
     if done < cfg.federation.rounds:
         raise DataError(run_dir, f"federated training stopped after round {done}; see its log")
-    privacy = json.loads((run_dir / "privacy.json").read_text())
+    privacy = json.loads(run.privacy.read_text())
     return {
         "run_dir": str(run_dir),
         "rounds": done,
-        "checkpoint": str(run_dir / "checkpoints" / "generator.safetensors"),
+        "checkpoint": str(run.generator),
         "privacy": privacy["statement"],
         "worst_epsilon": privacy["worst_epsilon"],
         "delta": privacy["delta"],
@@ -76,8 +78,8 @@ def _federated(cfg: Config, out: Path) -> dict[str, Any]:
 def _synthesis(cfg: Config, out: Path) -> dict[str, Any]:
     from fedsynth.synthesis.generate import synthesize
 
-    checkpoint = out / "federated" / "checkpoints" / "generator.safetensors"
-    result = synthesize(cfg, checkpoint, out / "synthetic", overwrite=True)
+    demo = DemoDir(out)
+    result = synthesize(cfg, demo.federated.generator, demo.synthetic, overwrite=True)
     return {
         "cohort": str(result.out),
         "cases": result.cases,
@@ -90,14 +92,16 @@ def _synthesis(cfg: Config, out: Path) -> dict[str, Any]:
 def _benchmark(cfg: Config, out: Path) -> dict[str, Any]:
     from fedsynth.benchmark.runner import run_benchmark
 
-    result = run_benchmark(cfg, out / "federated", synthetic=out / "synthetic")
+    demo = DemoDir(out)
+    result = run_benchmark(cfg, demo.federated.root, synthetic=demo.synthetic)
     return {"results": str(result.out / "results.md"), "table": str(result.out / "results.csv")}
 
 
 def _audit(cfg: Config, out: Path) -> dict[str, Any]:
     from fedsynth.audit.writer import run_audit
 
-    result = run_audit(out / "federated", synthetic_dir=out / "synthetic", overwrite=True)
+    demo = DemoDir(out)
+    result = run_audit(demo.federated.root, synthetic_dir=demo.synthetic, overwrite=True)
     membership = result.report["membership"]["overall"]
     return {"audit_dir": str(result.out), "membership_auc": membership["auc"]}
 
@@ -105,7 +109,7 @@ def _audit(cfg: Config, out: Path) -> dict[str, Any]:
 def _report(cfg: Config, out: Path) -> dict[str, Any]:
     from fedsynth.report.html import write_report
 
-    return {"report": str(write_report(out / "federated"))}
+    return {"report": str(write_report(DemoDir(out).federated.root))}
 
 
 STAGES: tuple[Stage, ...] = (
@@ -120,11 +124,12 @@ STAGES: tuple[Stage, ...] = (
 
 def run_demo(cfg: Config, out: Path) -> dict[str, dict[str, Any]]:
     """Run every stage not yet finished in ``out``; returns each stage's summary."""
+    demo = DemoDir(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", config_to_yaml(cfg))
+    atomic_write_text(demo.config, config_to_yaml(cfg))
     summaries: dict[str, dict[str, Any]] = {}
     for i, stage in enumerate(STAGES, 1):
-        marker = out / "stages" / f"{stage.name}.json"
+        marker = demo.stage_marker(stage.name)
         header = f"[{i}/{len(STAGES)}] {stage.title}"
         if marker.is_file():
             summaries[stage.name] = json.loads(marker.read_text())

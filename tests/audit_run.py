@@ -11,7 +11,7 @@ SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 
 def train_tiny_run(root: Path):
     """A 2-step DP run of configs/smoke.yaml with its caches under ``root``; returns RunDir."""
-    from fedsynth.common.gan.central import train_central
+    from fedsynth.central import train_central
 
     cfg = load_config(
         SMOKE,

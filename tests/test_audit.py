@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from audit_run import train_tiny_run
+from audit_run import SMOKE, train_tiny_run
 
 from fedsynth.audit.membership import (
     bootstrap_auc_ci,
@@ -19,6 +19,8 @@ from fedsynth.audit.memorisation import memorisation_audit, nearest
 from fedsynth.audit.writer import FILES, run_audit
 from fedsynth.cli import main
 from fedsynth.common.errors import ConfigError, OutputExistsError
+from fedsynth.common.io.checkpoints import load_checkpoint
+from fedsynth.common.rundir import RunDir
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -176,3 +178,20 @@ def test_members_follow_the_run_kind(tmp_path):
     assert released_generator(tmp_path).name == "generator_0000010.safetensors"
     (ckpts / "generator.safetensors").write_bytes(b"x")  # the federated server's copy
     assert released_generator(tmp_path).name == "generator.safetensors"
+
+
+def test_train_cli_releases_the_latest_generator_and_prints_its_path(audited, tmp_path, capsys):
+    """`fedsynth train` leaves checkpoints/generator.safetensors (the newest generator, what
+    docs/synthesis.md tells users to load) and prints where it is."""
+    run, _ = audited
+    cache = run.root.parent / "cache"  # the audit run's cohort and slice caches: reused
+    out = tmp_path / "run"
+    steps = ("train.steps=2", "train.eval_every=2", "train.checkpoint_every=2",
+             "train.sample_every=2", "train.eval_slices=8", "train.sample_slices=2")  # fmt: skip
+    code = main(["train", str(SMOKE), "--out", str(out), "--no-progress",
+                 f"data.cache_dir={cache}", "train.device=cpu", *steps])  # fmt: skip
+    assert code == 0
+    released = RunDir(out).generator
+    assert f"generator: {released}" in capsys.readouterr().out.splitlines()
+    assert released.read_bytes() == RunDir(out).generator_checkpoint(2).read_bytes()
+    assert load_checkpoint(released).step == 2

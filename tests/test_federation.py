@@ -19,6 +19,7 @@ from flwr.app import Array, ArrayRecord, Error, Message, Metadata, MetricRecord,
 
 from fedsynth.common.config import load_config
 from fedsynth.common.errors import CheckpointError, ConfigError
+from fedsynth.common.rundir import SERVER_STATE_FILE
 from fedsynth.server import checkpointing
 from fedsynth.server.app import initial_generator
 from fedsynth.server.strategy import (
@@ -226,7 +227,7 @@ def test_checkpoint_commit_and_truncate(tmp_path):
 
 
 def test_corrupt_state_file_is_a_checkpoint_error(tmp_path):
-    (tmp_path / checkpointing.STATE_FILE).write_text("{not json")
+    (tmp_path / SERVER_STATE_FILE).write_text("{not json")
     with pytest.raises(CheckpointError, match="server_state.json"):
         checkpointing.load_state(tmp_path)
     assert checkpointing.load_resume_point(tmp_path / "fresh") is None
@@ -389,7 +390,7 @@ def test_server_killed_mid_run_resumes_from_the_last_completed_round(tmp_path, s
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
     proc = subprocess.Popen(cmd, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    state = run_dir / checkpointing.STATE_FILE
+    state = run_dir / SERVER_STATE_FILE
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:

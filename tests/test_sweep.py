@@ -7,7 +7,8 @@ import pytest
 
 from fedsynth.common.config import load_config
 from fedsynth.common.errors import ConfigError
-from fedsynth.sweep.run import DONE, budget_config, label, parse_epsilons
+from fedsynth.common.rundir import DONE_FILE as DONE
+from fedsynth.sweep.budgets import budget_config, label, parse_epsilons
 from fedsynth.sweep.summary import arm_dice, markdown, write_summary
 
 

@@ -16,6 +16,7 @@ from fedsynth.common.errors import CheckpointError, OutputExistsError
 from fedsynth.common.io.checkpoints import save_checkpoint
 from fedsynth.common.models.registry import architecture_hash, build_generator
 from fedsynth.common.privacy.report import SitePrivacy, write_privacy_json
+from fedsynth.common.rundir import RunDir
 from fedsynth.synthesis.generate import synthesize
 
 OVERRIDES = [
@@ -64,7 +65,7 @@ def _federated_run(cfg, run_dir: Path, dp: bool) -> Path:
     write_privacy_json(
         run_dir / "privacy.json", accountant="rdp", delta=1e-4, dp_enabled=dp, sites=sites
     )
-    return run_dir / "checkpoints" / checkpointing.LATEST_GENERATOR
+    return RunDir(run_dir).generator
 
 
 def test_cohort_is_valid_readable_and_documented(cfg, tmp_path):

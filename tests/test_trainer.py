@@ -12,12 +12,12 @@ import torch
 from gan_fakes import fake_cache, tiny_config
 from safetensors.torch import load_file
 
+from fedsynth.central import CentralData, resume_central, train_central
 from fedsynth.common.errors import CheckpointError, OutputExistsError
-from fedsynth.common.gan.central import CentralData, resume_central, train_central
-from fedsynth.common.gan.rundir import RunDir
 from fedsynth.common.gan.trainer import LocalTrainer
 from fedsynth.common.io.checkpoints import load_checkpoint, save_checkpoint
 from fedsynth.common.metrics.image_quality import image_quality
+from fedsynth.common.rundir import RunDir
 
 DATA = CentralData(fake_cache(), fake_cache(patients=3, seed=1))
 RUN = ("train.steps=4", "train.eval_every=2", "train.checkpoint_every=2", "train.sample_every=2")
@@ -36,6 +36,7 @@ def test_central_run_writes_every_run_directory_file(central_run):
               "plots/quality.png", "samples/step_0000004.png", "checkpoints/latest.json",
               "checkpoints/generator_0000004.safetensors", "checkpoints/state_0000004.safetensors"):  # fmt: skip
         assert (run.root / f).is_file(), f
+    assert run.generator.read_bytes() == run.generator_checkpoint(4).read_bytes()
     metrics = run.read_metrics()
     assert [r["step"] for r in metrics] == [2, 4]
     assert metrics[-1]["epsilon"] > metrics[0]["epsilon"] > 0

@@ -9,18 +9,13 @@ Non-members are ``split.test``: patients no site ever trained on.
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsynth.common.config import Config, config_from_dict
+from fedsynth.common.config import Config
 from fedsynth.common.errors import CheckpointError, ConfigError, DataError
-
-FEDERATED_STATE = "server_state.json"  # written by the federated server only
-FEDERATED_GENERATOR = "generator.safetensors"  # the server's copy of its newest round
-_SITE = re.compile(r"^site-\d+$")
+from fedsynth.common.rundir import RunDir
 
 
 @dataclass
@@ -40,47 +35,21 @@ class AuditInputs:
 
 def read_run_config(run_dir: Path) -> Config:
     """The run's config.yaml as a Config; ConfigError naming the file if absent or invalid."""
-    from omegaconf import OmegaConf
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(str(path), "missing: RUN_DIR must be a fedsynth training run directory")
-    try:
-        return config_from_dict(OmegaConf.to_container(OmegaConf.load(path)))  # type: ignore[arg-type]
-    except ConfigError as e:
-        raise ConfigError(str(path), f"invalid run config: {e}") from e
-    except Exception as e:  # YAML errors come in several types
-        raise ConfigError(str(path), f"unreadable run config: {e}") from e
+    return RunDir(run_dir).read_config()
 
 
 def read_privacy(run_dir: Path) -> dict[str, Any]:
     """privacy.json as written by the trainer or server; {} when absent or unreadable."""
-    try:
-        return json.loads((Path(run_dir) / "privacy.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    return RunDir(run_dir).read_privacy() or {}
 
 
 def released_generator(run_dir: Path) -> Path:
-    """The generator a run releases: the server's generator.safetensors, else the checkpoint
-    named by checkpoints/latest.json, else the newest generator_*.safetensors."""
-    ckpts = Path(run_dir) / "checkpoints"
-    if (ckpts / FEDERATED_GENERATOR).is_file():
-        return ckpts / FEDERATED_GENERATOR
-    try:
-        named = ckpts / json.loads((ckpts / "latest.json").read_text())["generator"]
-        if named.is_file():
-            return named
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    found = sorted(ckpts.glob("generator_*.safetensors"))
-    if not found:
-        raise CheckpointError(ckpts, "no generator checkpoint in this run directory to audit")
-    return found[-1]
+    """The generator a run releases (``RunDir.released_generator``)."""
+    return RunDir(run_dir).released_generator()
 
 
 def is_federated(run_dir: Path) -> bool:
-    return (Path(run_dir) / FEDERATED_STATE).is_file()
+    return RunDir(run_dir).is_federated()
 
 
 def trained_sites(

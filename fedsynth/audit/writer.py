@@ -14,15 +14,16 @@ from typing import Any
 
 import numpy as np
 
+from fedsynth.audit.figures import plot_closest_pairs, plot_memorisation, plot_roc
 from fedsynth.audit.inputs import AuditInputs, load_audit_inputs
 from fedsynth.audit.membership import MembershipAudit, generator_fn, membership_audit
 from fedsynth.audit.memorisation import REFERENCE_PERCENTILE, MemorisationAudit, memorisation_audit
-from fedsynth.common.errors import DataError
+from fedsynth.common.errors import DataError, OutputExistsError
 from fedsynth.common.io.atomic import atomic_directory, atomic_write_json, atomic_write_text
+from fedsynth.common.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-AUDIT_DIR = "audit"
 FILES = ("audit.json", "audit.md", "roc.png", "memorisation.png", "closest_pairs.png")
 
 THREAT_MODEL = (
@@ -221,13 +222,9 @@ def run_audit(
     OutputExistsError if ``out`` exists and not ``overwrite``. ``inputs`` replaces loading
     the run (tests, or callers that already hold the caches).
     """
-    from fedsynth.audit.figures import plot_closest_pairs, plot_memorisation, plot_roc
-
     run_dir = Path(run_dir)
-    out = Path(out) if out is not None else run_dir / AUDIT_DIR
+    out = Path(out) if out is not None else RunDir(run_dir).audit
     if out.exists() and not overwrite:
-        from fedsynth.common.errors import OutputExistsError
-
         raise OutputExistsError(out)
     inputs = inputs or load_audit_inputs(run_dir)
     generate = generator_fn(inputs.generator.module, device)

@@ -16,6 +16,7 @@ from fedsynth.common.config import Config, expand_path
 from fedsynth.common.data.brats import discover_cases
 from fedsynth.common.data.cache import SliceCache, build_slices, site_slices
 from fedsynth.common.errors import ConfigError, DataError
+from fedsynth.common.rundir import SYNTHETIC_DIR
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def synthetic_cohort(
         return None
     from fedsynth.synthesis.generate import synthesize
 
-    target = out_dir / "synthetic"
+    target = out_dir / SYNTHETIC_DIR
     if (target / "datasheet.json").is_file():
         log.info("reusing the synthetic cohort in %s", target)
         return target

@@ -27,6 +27,7 @@ from fedsynth.benchmark.results import (
 from fedsynth.common.config import Config, config_to_yaml
 from fedsynth.common.io.atomic import atomic_write_text
 from fedsynth.common.metrics.segmentation import REGIONS
+from fedsynth.common.rundir import CONFIG_FILE, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,9 @@ def run_benchmark(
 
     start = time.perf_counter()
     b = cfg.benchmark
-    out = Path(run_dir) / "benchmark"
+    out = RunDir(run_dir).benchmark
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", config_to_yaml(cfg))
+    atomic_write_text(out / CONFIG_FILE, config_to_yaml(cfg))
     need_syn = any(a in NEEDS_SYNTHETIC for a in b.arms)
     syn_dir = synthetic_cohort(cfg, out, _path(synthetic), _path(checkpoint)) if need_syn else None
     data = load_benchmark_data(cfg, syn_dir, need_syn)

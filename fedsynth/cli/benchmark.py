@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from fedsynth.cli._common import add_config_args, config_from_args
+from fedsynth.common.rundir import RunDir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from fedsynth.common.errors import OutputExistsError
 
     cfg = config_from_args(args)
-    out = args.out.expanduser().resolve() / "benchmark"
+    out = RunDir(args.out.expanduser().resolve()).benchmark
     if (out / "results.csv").exists():
         if not args.overwrite:
             raise OutputExistsError(out)

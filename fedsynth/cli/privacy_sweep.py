@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from fedsynth.cli._common import add_config_args, config_from_args
+from fedsynth.common.rundir import SweepDir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,11 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedsynth.sweep.run import parse_epsilons, run_sweep
+    from fedsynth.sweep.budgets import parse_epsilons
+    from fedsynth.sweep.run import run_sweep
 
     epsilons = parse_epsilons(args.epsilons)
     cfg = config_from_args(args)
     table = run_sweep(cfg, epsilons, args.out.expanduser().resolve())
     print(table.read_text())
-    print(f"sweep written to {table.parent} (report: {table.parent / 'report.html'})")
+    print(f"sweep written to {table.parent} (report: {SweepDir(table.parent).report})")
     return 0

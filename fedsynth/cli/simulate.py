@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 from pathlib import Path
 
 from fedsynth.cli._common import add_config_args
 from fedsynth.common.config import Config, load_config
-from fedsynth.common.errors import ConfigError, OutputExistsError
+from fedsynth.common.errors import ConfigError
+from fedsynth.common.rundir import RunDir, clear_for_new_output
 from fedsynth.simulation import simulate
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,10 @@ def resolve_run(args: argparse.Namespace) -> tuple[Config, Path]:
         args.config = None
     if args.resume:
         run_dir = args.resume.expanduser().resolve()
-        saved = run_dir / "config.yaml"
+        saved = RunDir(run_dir).config
         if not saved.is_file():
             raise ConfigError(
-                "--resume", f"{run_dir} is not a fedsynth run directory (no config.yaml)"
+                "--resume", f"{run_dir} is not a fedsynth run directory (no {saved.name})"
             )
         bad = [o for o in overrides if not o.startswith(RESUMABLE_PREFIX)]
         if bad or args.config:
@@ -67,10 +67,7 @@ def resolve_run(args: argparse.Namespace) -> tuple[Config, Path]:
     if not args.config or not args.out:
         raise ConfigError("CONFIG", "give CONFIG and --out RUN_DIR, or --resume RUN_DIR")
     run_dir = args.out.expanduser().resolve()
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not args.overwrite:
-            raise OutputExistsError(run_dir)
-        shutil.rmtree(run_dir)
+    clear_for_new_output(run_dir, args.overwrite)
     return load_config(args.config, overrides), run_dir
 
 

@@ -2,7 +2,8 @@
 
 Centralised pix2pix training on the pooled training patients (or one site's, train.site),
 with patient-level DP if privacy.enabled. Writes a run directory (see
-fedsynth.common.gan.rundir) and prints what was spent in privacy at the end.
+fedsynth.common.rundir) and prints what was spent in privacy and the path of the released
+generator (RUN_DIR/checkpoints/generator.safetensors) at the end.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ def _parse_overrides(items: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fedsynth.central import resume_central, set_determinism, train_central
     from fedsynth.common.config import load_config
     from fedsynth.common.errors import ConfigError
-    from fedsynth.common.gan.central import resume_central, set_determinism, train_central
 
     set_determinism()
     progress = not args.no_progress
@@ -58,5 +59,6 @@ def run(args: argparse.Namespace) -> int:
         run_dir = train_central(cfg, args.out, overwrite=args.overwrite, progress=progress)
     privacy = json.loads(run_dir.privacy.read_text())
     print(f"run directory: {run_dir.root}")
+    print(f"generator: {run_dir.generator}")
     print(privacy["statement"])
     return 0

@@ -33,14 +33,13 @@ from flwr.clientapp import ClientApp
 from fedsynth.client.site import SiteIdentity, check_site_policy, identify_site, load_site_data
 from fedsynth.common.config import Config, config_from_dict, config_to_yaml
 from fedsynth.common.errors import ConfigError, FedsynthError, PrivacyBudgetError
+from fedsynth.common.rundir import SITE_LAST_REPLY as REPLY_FILE
+from fedsynth.common.rundir import SITE_TRAINER_STATE as STATE_FILE
 
 if TYPE_CHECKING:
     from fedsynth.common.gan.trainer import LocalTrainer, StepReport
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "trainer.safetensors"  # in the state dir: G, D, optimisers, accountant, RNGs
-REPLY_FILE = "last_reply.safetensors"  # the last reply sent, to resend it on a repeated request
 
 
 class SiteError(FedsynthError):

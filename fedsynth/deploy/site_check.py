@@ -29,9 +29,8 @@ from pathlib import Path
 
 from fedsynth.common.config import Config
 from fedsynth.common.errors import ConfigError, FedsynthError
-
-STATE_FILE = "trainer.safetensors"  # fedsynth.client.app.STATE_FILE
-REPLY_FILE = "last_reply.safetensors"  # fedsynth.client.app.REPLY_FILE
+from fedsynth.common.rundir import SITE_LAST_REPLY as REPLY_FILE
+from fedsynth.common.rundir import SITE_TRAINER_STATE as STATE_FILE
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,9 @@ from pathlib import Path
 
 from fedsynth.common.errors import DataError
 from fedsynth.common.io.atomic import atomic_write_text
+from fedsynth.common.rundir import RunDir, SweepDir
 from fedsynth.report.markdown import to_html
 from fedsynth.report.sections import Section, esc, img, run_sections
-
-REPORT_FILE = "report.html"
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;
@@ -75,7 +74,7 @@ def render_page(runs: Sequence[str | Path], title: str | None = None, preface: s
 def write_report(run: str | Path, out: str | Path | None = None) -> Path:
     """Write the report of one run to ``out`` (default RUN_DIR/report.html) atomically."""
     run = Path(run)
-    path = Path(out) if out is not None else run / REPORT_FILE
+    path = Path(out) if out is not None else RunDir(run).report
     atomic_write_text(path, render_page([run]))
     return path
 
@@ -85,10 +84,10 @@ def write_sweep_report(
 ) -> Path:
     """Write one page for several runs to ``out`` atomically; a sweep directory's sweep.md
     and plots/ (next to ``out``) open the page."""
-    folder = Path(out).parent
+    sweep = SweepDir(Path(out).parent)
     preface = ""
-    if (folder / "sweep.md").is_file():
-        plots = [img(p, p.name) for p in sorted((folder / "plots").glob("*.png"))]
-        preface = f'<article id="sweep">{to_html((folder / "sweep.md").read_text(), 0)}{"".join(plots)}</article>'
+    if sweep.markdown.is_file():
+        plots = [img(p, p.name) for p in sorted(sweep.plots.glob("*.png"))]
+        preface = f'<article id="sweep">{to_html(sweep.markdown.read_text(), 0)}{"".join(plots)}</article>'
     atomic_write_text(out, render_page(runs, title, preface))
     return Path(out)

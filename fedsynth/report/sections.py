@@ -9,13 +9,20 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
 import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedsynth.audit.inputs import is_federated, read_privacy, read_run_config, trained_sites
+from fedsynth.common.config import expand_path
+from fedsynth.common.data.cohort import load_split, resolve_cohort
+from fedsynth.common.data.phantom import METADATA, phantom_settings_hash
+from fedsynth.common.errors import FedsynthError
+from fedsynth.common.gan.plots import plot_metrics
+from fedsynth.common.privacy.report import NO_DP
+from fedsynth.common.rundir import RunDir, read_json
 from fedsynth.report.markdown import to_html
 
 log = logging.getLogger(__name__)
@@ -51,19 +58,12 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def config_section(run: Path) -> Section:
-    path = run / "config.yaml"
+    path = RunDir(run).config
     if not path.is_file():
-        return absent("config", "Configuration", "No config.yaml in this run directory.")
+        return absent("config", "Configuration", f"No {path.name} in this run directory.")
     body = (
-        f"<details><summary>config.yaml ({len(path.read_text().splitlines())} lines)</summary>"
+        f"<details><summary>{path.name} ({len(path.read_text().splitlines())} lines)</summary>"
         f"<pre>{esc(path.read_text())}</pre></details>"
     )
     return Section("config", "Configuration", body)
@@ -73,17 +73,6 @@ def _split_if_available(run: Path) -> tuple[Any, Any]:
     """(Split, members) of the run's cohort when it is on this machine, else (None, reason).
 
     Never generates a phantom cohort: a report only reads."""
-    from fedsynth.audit.inputs import (
-        is_federated,
-        read_privacy,
-        read_run_config,
-        trained_sites,
-    )
-    from fedsynth.common.config import expand_path
-    from fedsynth.common.data.cohort import load_split, resolve_cohort
-    from fedsynth.common.data.phantom import METADATA, phantom_settings_hash
-    from fedsynth.common.errors import FedsynthError
-
     try:
         cfg = read_run_config(run)
         if cfg.data.source == "phantom":
@@ -130,9 +119,7 @@ def _num(x: Any) -> str:
 
 
 def privacy_section(run: Path) -> Section:
-    from fedsynth.common.privacy.report import NO_DP
-
-    p = _json(run / "privacy.json")
+    p = RunDir(run).read_privacy()
     if p is None:
         return absent("privacy", "Privacy", "No privacy.json: what was accounted is unknown.")
     dp = bool(p.get("dp_enabled"))
@@ -158,28 +145,19 @@ def privacy_section(run: Path) -> Section:
 
 
 def _metrics(run: Path) -> list[dict[str, Any]]:
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut by a crash: skip it
+    rows = RunDir(run).read_metrics()  # a line cut by a crash is skipped
     # Federated runs add per-site rows; the curves use the aggregate rows.
     return [r for r in rows if r.get("kind", "round") != "site" and "step" in r]
 
 
 def training_section(run: Path) -> Section:
-    plots = sorted((run / "plots").glob("*.png")) if (run / "plots").is_dir() else []
+    folder = RunDir(run).plots
+    plots = sorted(folder.glob("*.png")) if folder.is_dir() else []
     if plots:
         return Section("training", "Training curves", "".join(img(p, p.stem) for p in plots))
     records = _metrics(run)
     if not records:
         return absent("training", "Training curves", "No plots/ and no metrics.jsonl rows.")
-    from fedsynth.common.gan.rundir import plot_metrics
-
     with tempfile.TemporaryDirectory() as tmp:
         plot_metrics(records, Path(tmp))
         figs = "".join(img(p, p.stem) for p in sorted(Path(tmp).glob("*.png")))
@@ -187,7 +165,8 @@ def training_section(run: Path) -> Section:
 
 
 def samples_section(run: Path) -> Section:
-    samples = sorted((run / "samples").glob("*.png")) if (run / "samples").is_dir() else []
+    folder = RunDir(run).samples
+    samples = sorted(folder.glob("*.png")) if folder.is_dir() else []
     if not samples:
         return absent("samples", "Samples", "No sample grids in samples/.")
     latest = samples[-1]
@@ -205,7 +184,7 @@ def csv_table(path: Path, limit: int = 200) -> str:
 
 
 def benchmark_section(run: Path) -> Section:
-    folder = run / "benchmark"
+    folder = RunDir(run).benchmark
     if not folder.is_dir():
         return absent(
             "benchmark",
@@ -236,8 +215,8 @@ def _tpr_cell(t: dict[str, Any]) -> str:
 
 
 def audit_section(run: Path) -> Section:
-    folder = run / "audit"
-    report = _json(folder / "audit.json")
+    folder = RunDir(run).audit
+    report = read_json(folder / "audit.json")
     if report is None:
         return absent("audit", "Privacy audit", "No audit/ in this run (run `fedsynth audit`).")
     mem, mo = report["membership"], report["memorisation"]

@@ -25,16 +25,13 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedsynth.common.config import Config, config_to_yaml, load_config
 from fedsynth.common.errors import ConfigError
-from fedsynth.common.io.atomic import atomic_write_text
+from fedsynth.common.rundir import RunDir
 from fedsynth.server import checkpointing
 from fedsynth.server.evaluation import HeldOutEvaluator
 from fedsynth.server.rounds import RoundRecorder
 from fedsynth.server.strategy import build_strategy
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.yaml"  # the resolved config of a run directory
-TRAIN_CONFIG_KEYS = ("config-yaml", "run-dir", "rounds")  # + "server-round", set by Flower
 
 
 @dataclass(frozen=True)
@@ -85,9 +82,9 @@ def to_array_record(weights: dict[str, np.ndarray]) -> ArrayRecord:
 
 def write_run_config(run_dir: Path, cfg: Config) -> None:
     """Write ``config.yaml`` of a new run directory (a resumed one keeps its own)."""
-    path = run_dir / CONFIG_FILE
-    if not path.exists():
-        atomic_write_text(path, config_to_yaml(cfg))
+    run = RunDir(run_dir)
+    if not run.config.exists():
+        run.write_config(cfg)
 
 
 def train_config(cfg: Config, run_dir: Path) -> ConfigRecord:

@@ -1,6 +1,6 @@
 """Server checkpoints: the global generator after every round, and the state to resume from.
 
-The run directory has the central trainer's layout (``fedsynth.common.gan.rundir``)::
+The run directory has the central trainer's layout (``fedsynth.common.rundir``)::
 
     checkpoints/generator_<step>.safetensors   global generator after a round (step = round x
                                                local_steps), same format as central training
@@ -25,13 +25,9 @@ import numpy as np
 
 from fedsynth.common.config import Config
 from fedsynth.common.errors import CheckpointError
-from fedsynth.common.gan.rundir import RunDir
-from fedsynth.common.io.atomic import atomic_path, atomic_write_json, atomic_write_text
+from fedsynth.common.io.atomic import atomic_write_json, atomic_write_text
+from fedsynth.common.rundir import RunDir
 
-STATE_FILE = "server_state.json"
-LATEST_GENERATOR = (
-    "generator.safetensors"  # copy of the newest round's, a stable name for synthesis
-)
 KEEP_ROUNDS = 3  # round checkpoints kept (older ones are deleted; latest.json names the newest)
 
 
@@ -95,25 +91,24 @@ def commit_round(run_dir: Path, state: ServerState) -> None:
     ckpt = run.checkpoints / state.checkpoint
     if not state.checkpoint or not ckpt.is_file():
         raise CheckpointError(ckpt, "missing; save_checkpoint must run before commit_round")
-    atomic_write_json(run_dir / STATE_FILE, asdict(state))
+    atomic_write_json(run.server_state, asdict(state))
     atomic_write_json(
         run.latest,
         {
             "step": int(ckpt.stem.split("_")[-1]),
             "round": state.round,
             "generator": ckpt.name,
-            "state": STATE_FILE,
+            "state": run.server_state.name,
         },
     )
-    with atomic_path(run.checkpoints / LATEST_GENERATOR) as tmp:
-        tmp.write_bytes(ckpt.read_bytes())
+    run.publish_generator(ckpt)
     for old in sorted(run.checkpoints.glob("generator_*.safetensors"))[:-KEEP_ROUNDS]:
         old.unlink(missing_ok=True)
 
 
 def load_state(run_dir: Path) -> ServerState | None:
     """The committed state of ``run_dir``, or None when no round has completed."""
-    path = run_dir / STATE_FILE
+    path = RunDir(run_dir).server_state
     if not path.is_file():
         return None
     try:

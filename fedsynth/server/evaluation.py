@@ -82,7 +82,7 @@ class HeldOutEvaluator:
 
     def __call__(self, round_: int, weights: dict[str, np.ndarray]) -> dict[str, Any]:
         from fedsynth.common.gan.evaluation import save_sample_grid
-        from fedsynth.common.gan.rundir import RunDir
+        from fedsynth.common.rundir import RunDir
 
         fed, t = self.cfg.federation, self.cfg.train
         if due(round_, fed.rounds, fed.local_steps, t.sample_every):

@@ -13,8 +13,7 @@ from typing import Any
 
 from fedsynth.common.config import Config
 from fedsynth.common.privacy.report import SitePrivacy, write_privacy_json
-
-PRIVACY_FILE = "privacy.json"
+from fedsynth.common.rundir import RunDir
 
 
 def site_privacy_entry(
@@ -59,7 +58,7 @@ def write_federated_privacy(
         for name, e in sites.items()
     }
     return write_privacy_json(
-        run_dir / PRIVACY_FILE,
+        RunDir(run_dir).privacy,
         accountant=cfg.privacy.accountant,
         delta=cfg.privacy.delta,
         dp_enabled=cfg.privacy.enabled,

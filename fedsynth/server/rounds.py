@@ -27,16 +27,13 @@ import numpy as np
 from flwr.app import ArrayRecord, MetricRecord
 
 from fedsynth.common.config import Config
-from fedsynth.common.gan.rundir import RunDir
 from fedsynth.common.io.atomic import append_jsonl
+from fedsynth.common.rundir import RunDir
 from fedsynth.server import checkpointing
 from fedsynth.server.privacy_report import site_privacy_entry, write_federated_privacy
 from fedsynth.server.strategy import DECLINED, OK, GeneratorUpdates, RoundOutcome, round_metrics
 
 log = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.jsonl"
-REPLIES_FILE = "replies.jsonl"
 
 # (round, weights) -> held-out metrics as fedsynth.common.gan.evaluation.evaluate_quality
 # returns them ({"quality", "mean", "slices"}; {} when not due); may write sample images.
@@ -93,14 +90,15 @@ class RoundRecorder:
 
     def drop_uncommitted(self) -> None:
         """Remove rows a killed server wrote for a round it did not commit."""
-        for name in (METRICS_FILE, REPLIES_FILE):
-            dropped = checkpointing.truncate_metrics(self.run_dir / name, self.state.round)
+        run = RunDir(self.run_dir)
+        for path in (run.metrics, run.replies):
+            dropped = checkpointing.truncate_metrics(path, self.state.round)
             if dropped:
                 log.info(
                     "dropped %d rows of uncommitted round %d from %s",
                     dropped,
                     self.state.round + 1,
-                    name,
+                    path.name,
                 )
 
     def __call__(self, flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -140,9 +138,7 @@ class RoundRecorder:
             run.append_metrics(row)  # non-finite -> null, as in central runs
         for s in outcome.sites:
             if s.reply:
-                append_jsonl(
-                    self.run_dir / REPLIES_FILE, {"round": outcome.round, "site": s.site, **s.reply}
-                )
+                append_jsonl(run.replies, {"round": outcome.round, "site": s.site, **s.reply})
         for s in outcome.sites:
             if s.status in (OK, DECLINED):  # an accountant report the site stands behind
                 self.state.sites[s.site] = site_privacy_entry(

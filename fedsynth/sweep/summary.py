@@ -17,7 +17,8 @@ from typing import Any
 
 from fedsynth.common.io.atomic import atomic_write_text, save_figure
 from fedsynth.common.metrics.segmentation import REGIONS
-from fedsynth.sweep.run import DONE, SYNTHETIC_ARMS, label
+from fedsynth.common.rundir import RunDir, SweepDir
+from fedsynth.sweep.budgets import SYNTHETIC_ARMS, label
 
 COLUMNS = (
     "epsilon", "worst_epsilon", "delta",
@@ -42,19 +43,17 @@ def arm_dice(results_csv: Path) -> dict[str, dict[str, float]]:
 def final_quality(run_dir: Path) -> dict[str, float]:
     """Held-out mean MAE/PSNR/SSIM of the last round that measured it."""
     quality: dict[str, float] = {}
-    with open(run_dir / "metrics.jsonl") as f:
-        for line in f:
-            rec = json.loads(line)
-            if rec.get("kind") == "round" and rec.get("mean"):
-                quality = rec["mean"]
+    for rec in RunDir(run_dir).read_metrics():
+        if rec.get("kind") == "round" and rec.get("mean"):
+            quality = rec["mean"]
     return quality
 
 
 def budget_row(out: Path, epsilon: float) -> dict[str, Any]:
-    run_dir = out / f"eps-{label(epsilon)}"
-    done = json.loads((run_dir / DONE).read_text())
-    dice = arm_dice(run_dir / "benchmark" / "results.csv")
-    quality = final_quality(run_dir)
+    run = SweepDir(out).budget(label(epsilon))
+    done = json.loads(SweepDir.done(run.root).read_text())
+    dice = arm_dice(run.benchmark / "results.csv")
+    quality = final_quality(run.root)
     row: dict[str, Any] = {
         "epsilon": label(epsilon),
         "worst_epsilon": done["worst_epsilon"] if done["dp_enabled"] else math.inf,
@@ -151,14 +150,15 @@ def plot_quality_and_leakage(rows, path: Path) -> None:
 
 
 def write_summary(out: Path, epsilons: list[float]) -> Path:
+    sweep = SweepDir(out)
     rows = [budget_row(out, e) for e in epsilons]
-    baselines = arm_dice(out / "baselines" / "benchmark" / "results.csv")
+    baselines = arm_dice(RunDir(sweep.baselines).benchmark / "results.csv")
     body = [",".join(COLUMNS)] + [",".join(_csv(r.get(c)) for c in COLUMNS) for r in rows]
-    atomic_write_text(out / "sweep.csv", "\n".join(body) + "\n")
-    atomic_write_text(out / "sweep.md", markdown(rows, baselines))
-    plot_dice(rows, baselines, out / "plots" / "dice_vs_epsilon.png")
-    plot_quality_and_leakage(rows, out / "plots" / "quality_and_leakage_vs_epsilon.png")
-    return out / "sweep.md"
+    atomic_write_text(sweep.table, "\n".join(body) + "\n")
+    atomic_write_text(sweep.markdown, markdown(rows, baselines))
+    plot_dice(rows, baselines, sweep.plots / "dice_vs_epsilon.png")
+    plot_quality_and_leakage(rows, sweep.plots / "quality_and_leakage_vs_epsilon.png")
+    return sweep.markdown
 
 
 def _csv(v: Any) -> str:

@@ -10,7 +10,6 @@ seed and fedsynth version, on which date.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 from fedsynth import __version__
 from fedsynth.common.config import Config
 from fedsynth.common.data.brats import MODALITIES
+from fedsynth.common.rundir import RunDir
 
 DATASHEET_VERSION = 1
 NO_DP_WORDS = "no differential privacy: epsilon is infinite; the generator may memorise patients"
@@ -28,20 +28,13 @@ UNKNOWN_PRIVACY = (
 )
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def privacy_section(run_dir: Path | None) -> dict[str, Any]:
     """epsilon/delta per site and worst case from ``run_dir/privacy.json``.
 
     Returns {"dp_enabled", "delta", "unit", "sites": {site: {"epsilon", "delta"}},
     "worst_epsilon", "statement"}; epsilon None means infinite (no DP).
     """
-    report = _read_json(run_dir / "privacy.json") if run_dir is not None else None
+    report = RunDir(run_dir).read_privacy() if run_dir is not None else None
     if report is None:
         return {
             "dp_enabled": None,
@@ -80,8 +73,9 @@ def privacy_section(run_dir: Path | None) -> dict[str, Any]:
 def training_section(gen: Any) -> dict[str, Any]:
     """Checkpoint hash, run directory, rounds (federated) or steps, sites."""
     run_dir = gen.run_dir
-    state = _read_json(run_dir / "server_state.json") if run_dir is not None else None
-    privacy = _read_json(run_dir / "privacy.json") if run_dir is not None else None
+    run = RunDir(run_dir) if run_dir is not None else None
+    state = run.read_server_state() if run is not None else None
+    privacy = run.read_privacy() if run is not None else None
     rounds = gen.extra.get("round", (state or {}).get("round"))
     mode = "unknown" if run_dir is None else "federated" if state is not None else "central"
     sites = sorted((privacy or {}).get("sites", {})) or sorted((state or {}).get("sites", {}))

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsynth.common.config import Config, ModelConfig, config_from_dict
+from fedsynth.common.config import Config, ModelConfig
 from fedsynth.common.errors import CheckpointError, ConfigError
-
-RUN_CONFIG = "config.yaml"
+from fedsynth.common.rundir import RunDir, find_run_dir
 
 
 @dataclass
@@ -53,27 +52,15 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def find_run_dir(checkpoint: Path) -> Path | None:
-    """The run directory holding ``checkpoint``: the nearest parent (up to two levels) with a
-    config.yaml."""
-    for parent in list(checkpoint.resolve().parents)[:2]:
-        if (parent / RUN_CONFIG).is_file():
-            return parent
-    return None
-
-
 def _run_config(run_dir: Path | None) -> Config | None:
+    """The run's config.yaml; CheckpointError naming it if unreadable (it came with the file)."""
     if run_dir is None:
         return None
-    from omegaconf import OmegaConf
-
+    run = RunDir(run_dir)
     try:
-        data = OmegaConf.to_container(OmegaConf.load(run_dir / RUN_CONFIG))
-        return config_from_dict(data)  # type: ignore[arg-type]
+        return run.read_config()
     except ConfigError as e:
-        raise CheckpointError(run_dir / RUN_CONFIG, f"run config is invalid: {e}") from e
-    except Exception as e:  # YAML errors come in several types
-        raise CheckpointError(run_dir / RUN_CONFIG, f"unreadable run config: {e}") from e
+        raise CheckpointError(run.config, str(e)) from e
 
 
 def _model_from(

@@ -1,8 +1,10 @@
 """The centralised trainer behind ``fedsynth train``: pooled training patients, one trainer.
 
-Writes the run directory (see rundir.py) and resumes from its latest complete checkpoint.
+Writes a training run directory (layout: fedsynth.common.rundir) and resumes from its latest
+complete checkpoint. An app like ``fedsynth.simulation``: only the CLI and tests import it.
 Every evaluation interval: held-out image quality, a metrics line, plots; every checkpoint
-interval: generator + full state and privacy.json; every sample interval: the sample grid.
+interval: generator + full state, privacy.json and the released copy
+checkpoints/generator.safetensors; every sample interval: the sample grid.
 """
 
 from __future__ import annotations
@@ -10,21 +12,25 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
-from fedsynth.common.config import Config, config_from_dict, config_to_yaml
+from fedsynth.common.config import Config, config_from_dict
+from fedsynth.common.data.cache import site_slices
+from fedsynth.common.data.cohort import load_split, resolve_cohort
+from fedsynth.common.data.datasets import fixed_eval_slices
 from fedsynth.common.errors import ConfigError
 from fedsynth.common.gan.evaluation import eval_indices, evaluate_quality, save_sample_grid
-from fedsynth.common.gan.rundir import RunDir
+from fedsynth.common.gan.plots import plot_metrics
 from fedsynth.common.gan.trainer import LocalTrainer, StepReport
-from fedsynth.common.io.atomic import atomic_write_text
 from fedsynth.common.io.checkpoints import save_checkpoint
 from fedsynth.common.models.registry import architecture_hash
 from fedsynth.common.privacy.report import describe_epsilon, write_privacy_json
+from fedsynth.common.rundir import RunDir
 
 log = logging.getLogger(__name__)
 SITE = "central"
@@ -50,9 +56,6 @@ def training_subjects(cfg: Config, sites: dict[str, list[str]]) -> list[str]:
 
 def load_central_data(cfg: Config) -> CentralData:
     """Slice caches of the training part of the cohort and of its held-out test split."""
-    from fedsynth.common.data.cache import site_slices
-    from fedsynth.common.data.cohort import load_split, resolve_cohort
-
     split = load_split(resolve_cohort(cfg))
     subjects = training_subjects(cfg, split.sites)
     name = "train-all" if cfg.train.site == "all" else f"train-{cfg.train.site}"
@@ -68,8 +71,6 @@ class CentralRun:
             cfg, data.train, planned_steps=cfg.train.steps, site=SITE, device=device
         )
         self.eval_idx = eval_indices(data.test, cfg.train.eval_slices, cfg.seed)
-        from fedsynth.common.data.datasets import fixed_eval_slices
-
         self.sample_idx = fixed_eval_slices(data.test, cfg.train.sample_slices, cfg.seed)
 
     def resume(self) -> int:
@@ -124,13 +125,15 @@ class CentralRun:
 
     def checkpoint(self) -> None:
         """Generator (for synthesis) and full state (for resume), then privacy.json, then
-        latest.json: a crash in between leaves the previous checkpoint as the latest."""
+        latest.json: a crash in between leaves the previous checkpoint as the latest. Last,
+        the released copy checkpoints/generator.safetensors (atomic: old or new, never torn)."""
         step = self.trainer.steps_done
-        save_generator_checkpoint(self.trainer, self.run.generator_checkpoint(step))
+        generator = save_generator_checkpoint(self.trainer, self.run.generator_checkpoint(step))
         self.trainer.save(self.run.state_checkpoint(step))
         self.write_privacy()
-        self.run.write_plots()  # with each checkpoint: plotting costs about a second
+        plot_metrics(self.run.read_metrics(), self.run.plots)  # ~1 s: with each checkpoint
         self.run.mark_latest(step)
+        self.run.publish_generator(generator)
 
     def write_privacy(self) -> dict[str, Any]:
         p = self.cfg.privacy
@@ -146,8 +149,6 @@ class CentralRun:
 def save_generator_checkpoint(trainer: LocalTrainer, path: Path) -> Path:
     """The generator alone, with what synthesis needs to rebuild it and to label its output."""
     cfg = trainer.cfg
-    from dataclasses import asdict
-
     return save_checkpoint(
         path,
         trainer.generator.state_dict(),
@@ -207,19 +208,16 @@ def resume_central(
     ``overrides`` (dotted key -> value) may change e.g. train.steps to train further; the
     privacy accountant's history is restored, so the budget still holds.
     """
-    from omegaconf import OmegaConf
-
     run = RunDir(out)
     if not run.config.is_file():
-        raise ConfigError("--resume", f"{run.root} has no config.yaml: not a run directory")
-    saved = OmegaConf.to_container(OmegaConf.load(run.config))
-    cfg = config_from_dict(saved)  # type: ignore[arg-type]
+        raise ConfigError("--resume", f"{run.root} has no {run.config.name}: not a run directory")
+    cfg = run.read_config()
     if overrides:
         merged = OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(
             [f"{k}={v}" for k, v in overrides.items()]
         ))  # fmt: skip
         cfg = config_from_dict(OmegaConf.to_container(merged))  # type: ignore[arg-type]
-        atomic_write_text(run.config, config_to_yaml(cfg))  # config.yaml says what ran
+        run.write_config(cfg)  # config.yaml says what ran
     central = CentralRun(cfg, run, data or load_central_data(cfg), device)
     step = central.resume()
     log.info("resuming %s at step %d of %d", run.root, step, cfg.train.steps)
