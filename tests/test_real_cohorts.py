@@ -209,3 +209,24 @@ def test_preprocess_writes_nothing_into_the_data_folder_and_lists_skipped(tmp_pa
     strict = [a for a in args if a != "data.strict=false"]
     assert cli.main(strict) == 2
     assert "1 of 3 cases failed validation" in capsys.readouterr().err
+
+
+def test_skipped_cases_reach_the_run_directory_and_the_report(tmp_path):
+    from fedsynth.central import train_central
+    from fedsynth.report.sections import sites_section
+
+    root = _three_case_cohort(tmp_path / "cohort")
+    bad = root / "BraTS-GLI-00001-000" / "BraTS-GLI-00001-000-t2f.nii.gz"
+    bad.write_bytes(bad.read_bytes()[:-30])
+    cfg = _cohort_config(
+        tmp_path, root, "data.strict=false", "split.policy=iid", "split.sites=1",
+        "split.test_fraction=0.5", "train.steps=2", "train.batch_size=1", "privacy.enabled=false",
+        "train.device=cpu",
+    )  # fmt: skip
+    run = train_central(cfg, tmp_path / "run", progress=False)
+    record = json.loads((run.root / "skipped_cases.json").read_text())
+    assert list(record["skipped"]) == ["BraTS-GLI-00001-000"]
+    assert "t2f.nii.gz" in record["skipped"]["BraTS-GLI-00001-000"][0]
+    section = sites_section(run.root)
+    assert section.present and "1 invalid case(s) skipped" in section.body
+    assert "BraTS-GLI-00001-000" in section.body and "truncated" in section.body

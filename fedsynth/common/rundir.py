@@ -13,6 +13,8 @@ federated), class ``RunDir``::
                            (federated: "kind" "site" or "round"); non-finite numbers as null
       replies.jsonl        federated: per round and site, what crossed the network
       privacy.json         what the accountants recorded (fedsynth.common.privacy.report)
+      skipped_cases.json   real cohorts with data.strict=false: the cases validation left
+                           out of the split, with their problems (cohort.record_skipped)
       server_state.json    federated only: the server's commit point (resume); its presence
                            marks a federated run
       checkpoints/
@@ -67,6 +69,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 REPLIES_FILE = "replies.jsonl"
 PRIVACY_FILE = "privacy.json"
+SKIPPED_CASES_FILE = "skipped_cases.json"
 SERVER_STATE_FILE = "server_state.json"
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest.json"

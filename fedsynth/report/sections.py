@@ -22,7 +22,7 @@ from fedsynth.common.data.phantom import METADATA, phantom_settings_hash
 from fedsynth.common.errors import FedsynthError
 from fedsynth.common.gan.plots import plot_metrics
 from fedsynth.common.privacy.report import NO_DP
-from fedsynth.common.rundir import RunDir, read_json
+from fedsynth.common.rundir import SKIPPED_CASES_FILE, RunDir, read_json
 from fedsynth.report.markdown import to_html
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def sites_section(run: Path) -> Section:
 
 def _skipped_cases(run: Path) -> str:
     """The cases validation left out of the split (data.strict=false), with their reasons."""
-    record = _json(run / "skipped_cases.json")
+    record = read_json(run / SKIPPED_CASES_FILE)
     if not record or not record.get("skipped"):
         return ""
     skipped = record["skipped"]

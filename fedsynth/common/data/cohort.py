@@ -49,6 +49,7 @@ from fedsynth.common.data.splits import TEST, Split, make_split, natural_key
 from fedsynth.common.data.validate import check_cohort
 from fedsynth.common.errors import DataError
 from fedsynth.common.io.atomic import atomic_write_json
+from fedsynth.common.rundir import SKIPPED_CASES_FILE
 
 log = logging.getLogger(__name__)
 
@@ -279,14 +280,14 @@ def skipped_cases(cohort_dir: str | Path) -> dict[str, list[str]]:
 
 
 def record_skipped(cohort_dir: str | Path, run_dir: str | Path) -> Path | None:
-    """Copy the skipped cases of a split view into a run directory (``skipped_cases.json``).
+    """Copy the skipped cases of a split view into a run directory (``SKIPPED_CASES_FILE``).
 
     Returns the file written, or None when no case was skipped (nothing is written).
     """
     skipped = skipped_cases(cohort_dir)
     if not skipped:
         return None
-    out = Path(run_dir) / "skipped_cases.json"
+    out = Path(run_dir) / SKIPPED_CASES_FILE
     atomic_write_json(out, {"cohort": str(Path(cohort_dir).resolve()), "skipped": skipped})
     return out
 
