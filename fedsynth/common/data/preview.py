@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from fedsynth.common.data.brats import MODALITIES, discover_cases
+from fedsynth.common.data.validate import load_case
+from fedsynth.common.io.atomic import save_figure
 
 _TITLES = {"t1": "T1", "t1c": "T1c", "t2": "T2", "flair": "FLAIR"}
 # RGBA per internal label: necrotic red, oedema green, enhancing yellow (the usual BraTS look).
@@ -49,14 +51,12 @@ def preview_cohort(cohort_dir: str | Path, out_png: str | Path, n_subjects: int 
 
     Writes ``out_png`` atomically and returns it. Raises DataError for unreadable files.
     """
+    # matplotlib is heavy and its backend must be chosen before pyplot is imported.
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
-
-    from fedsynth.common.data.validate import load_case
-    from fedsynth.common.io.atomic import save_figure
 
     cohort_dir = Path(cohort_dir)
     cases = discover_cases(cohort_dir)
