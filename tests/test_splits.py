@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic_brain import write_case
+from helpers.synthetic_brain import write_case
 
 from fedsynth.common.config import SplitConfig, load_config
 from fedsynth.common.data import cohort as cohort_mod

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from fedsynth.common.io.atomic import atomic_write_json
+
 DESCRIPTION = """\
 Check every case of a cohort before training on it.
 
@@ -53,10 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Deferred so that `fedsynth --help` does not import nibabel and the data layer.
+
     from fedsynth.common.data import brats
     from fedsynth.common.data.validate import CohortReport, iter_case_reports
-    from fedsynth.common.io.atomic import atomic_write_json
 
     root = Path(args.dir)
     if brats.is_case_folder(root) and not brats.is_msd(root):

@@ -19,20 +19,18 @@ cases are skipped with a warning); a changed source file rebuilds (and revalidat
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedsynth.common.config import Config
 from fedsynth.common.errors import ConfigError, DataError
+from fedsynth.common.sites import site_index, site_name
 
 if TYPE_CHECKING:
     from fedsynth.common.data.cache import SliceCache
 
 log = logging.getLogger(__name__)
-
-_SITE_INDEX = re.compile(r"^site-(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -61,7 +59,7 @@ def identify_site(node_config: dict[str, Any], run_dir: str | Path | None) -> Si
             f"expected 'partition-id' (simulation) or 'data-path' (deployment), got {sorted(node_config)}",
         )
     index = int(node_config["partition-id"])
-    name = f"site-{index}"
+    name = site_name(index)
     if not run_dir:
         raise ConfigError(
             "run-dir", "the server sent no run directory for the simulated sites' state"
@@ -72,10 +70,10 @@ def identify_site(node_config: dict[str, Any], run_dir: str | Path | None) -> Si
 def _deployed_site(node_config: dict[str, Any]) -> SiteIdentity:
     data_path = Path(str(node_config["data-path"])).expanduser()
     name = str(node_config.get("site-name") or data_path.name)
-    match = _SITE_INDEX.match(name)
+    parsed = site_index(name)
     default_state = Path("~/.local/state/fedsynth").expanduser() / name
     state_dir = Path(str(node_config.get("state-dir") or default_state)).expanduser()
-    index = int(match.group(1)) if match else -1
+    index = -1 if parsed is None else parsed
     return SiteIdentity(
         name,
         index,

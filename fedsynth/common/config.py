@@ -1,23 +1,38 @@
-"""Typed configuration: YAML files in ``configs/`` + ``key=value`` overrides -> frozen dataclasses.
+"""The configuration schema: every setting of fedsynth, its default and its meaning.
 
-Parsed once at the edge (CLI, ServerApp, ClientApp); everything below takes these objects.
-OmegaConf checks key names and types against the dataclasses; ``_check_ranges`` checks values.
-Every error names the dotted key, e.g. ``config key 'train.lr': must be > 0, got -1``.
+Where settings live (one rule, also in docs/configuration.md):
+
+- **This module** is the schema: every key exists here, with its type, its default and a
+  comment saying what it means. A key that is not here does not exist.
+- **YAML files** state only the values that differ from these defaults: ``configs/`` holds
+  the named setups every command takes (``smoke`` for tests and install checks, ``demo``,
+  ``brats-gpu``); ``simulations/`` holds federated scenarios for ``fedsynth simulate``. Both
+  are read the same way (``load_config``).
+- **pyproject.toml's** ``[tool.flwr.app.config]`` holds no setting: only which YAML file,
+  which overrides and which run directory ``flwr run`` uses.
+- **``key=value`` overrides** on the command line come last.
+
+Resolution: defaults < YAML file < overrides; ``fedsynth config show CONFIG [key=value ...]``
+prints the result. Parsed once at the edge (CLI, ServerApp, ClientApp) into these dataclasses
+(plain, mutable; treat them as values: ``dataclasses.replace`` makes a changed copy);
+everything below takes these objects. OmegaConf checks key names and types against the
+dataclasses; ``_check_ranges`` checks values. Every error names the dotted key, e.g.
+``config key 'train.lr': must be > 0, got -1``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fedsynth.common.errors import ConfigError
+from fedsynth.common.sites import site_index
 
 DEFAULT_CACHE_DIR = "~/.cache/fedsynth"
 
@@ -38,11 +53,11 @@ class DataConfig:
 
 @dataclass
 class PhantomConfig:
-    subjects: int = 40
+    subjects: int = 40  # phantom patients generated (each: 4 contrasts + a label map)
     sites: int = 4  # scanner sites simulated in the phantom cohort
     voxel_size: float = 2.0  # mm; coarser than BraTS's 1 mm so the demo is fast
     healthy_fraction: float = 0.1  # subjects generated without a tumour
-    seed: int = 0
+    seed: int = 0  # seeds the phantom cohort: same settings and seed, same cohort
 
 
 @dataclass
@@ -52,7 +67,7 @@ class SplitConfig:
     test_fraction: float = 0.2  # held-out patients, never used for training by anyone
     alpha: float = 0.5  # Dirichlet concentration (quantity skew) for policy "dirichlet"
     site_csv: str | None = None  # CSV with columns subject,site for policy "by-site" on real data
-    seed: int = 0
+    seed: int = 0  # seeds the test draw and the iid/dirichlet deal
 
 
 @dataclass
@@ -66,11 +81,12 @@ class PreprocessConfig:
 
 @dataclass
 class ModelConfig:
-    generator: str = "unet2d"
-    discriminator: str = "patchgan2d"
+    generator: str = "unet2d"  # a name in fedsynth.common.models.registry.GENERATORS
+    discriminator: str = "patchgan2d"  # a name in registry.DISCRIMINATORS
+    # U-Net widths per level, top to bottom (one down-sampling per level after the first)
     generator_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
-    discriminator_channels: int = 32
-    discriminator_layers: int = 3
+    discriminator_channels: int = 32  # width of the PatchGAN's first layer (doubles per layer)
+    discriminator_layers: int = 3  # strided layers: more layers, larger patches
     norm_groups: int = 8  # GroupNorm groups (Opacus-compatible; no BatchNorm)
 
 
@@ -78,15 +94,15 @@ class ModelConfig:
 class TrainConfig:
     steps: int = 1000  # optimisation steps (each: one D step and one G step)
     batch_size: int = 8  # expected patients per step (Poisson rate q = batch_size / patients)
-    lr: float = 2e-4
-    beta1: float = 0.5
+    lr: float = 2e-4  # Adam learning rate of G and D
+    beta1: float = 0.5  # Adam betas (pix2pix's)
     beta2: float = 0.999
-    l1_weight: float = 100.0
+    l1_weight: float = 100.0  # weight of G's L1 term against its adversarial term
     gan_loss: str = "lsgan"  # "lsgan" | "bce"
     tumour_slice_prob: float = 0.7  # chance the sampled slice of a patient shows tumour
     eval_every: int = 100  # steps between held-out image-quality evaluations
-    checkpoint_every: int = 100
-    sample_every: int = 100
+    checkpoint_every: int = 100  # steps between checkpoints (generator, state, privacy.json)
+    sample_every: int = 100  # steps between sample grids (samples/step_<step>.png)
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     # Central trainer only: train on every site's training patients ("all") or one ("site-k").
     site: str = "all"
@@ -96,23 +112,25 @@ class TrainConfig:
 
 @dataclass
 class PrivacyConfig:
-    enabled: bool = True
-    target_epsilon: float = 10.0
-    delta: float = 1e-5
+    enabled: bool = True  # patient-level DP-SGD on both GAN steps; False: no DP (epsilon inf)
+    target_epsilon: float = 10.0  # per patient, over the whole planned run; calibrates sigma
+    delta: float = 1e-5  # must be well below 1 / patients at a site
     max_grad_norm: float = 1.0
     accountant: str = "rdp"  # "rdp" | "prv"
 
 
 @dataclass
 class FederationConfig:
-    rounds: int = 10
-    local_steps: int = 50
-    aggregation: str = "fedavg"  # "fedavg" | "fedmedian" | "trimmed-mean"
+    rounds: int = 10  # federated rounds
+    local_steps: int = 50  # training steps at each site per round
+    # A name in fedsynth.server.strategy.STRATEGIES, checked against it when a run starts
+    # (the registry imports Flower, which the config module must not).
+    aggregation: str = "fedavg"
     trim_fraction: float = 0.2  # for trimmed-mean
     min_sites: int = 2  # a round with fewer successful sites fails
-    round_timeout_s: float = 3600.0
-    client_cpus: float = 1.0
-    client_gpus: float = 0.0
+    round_timeout_s: float = 3600.0  # a site that has not replied by then loses its update
+    client_cpus: float = 1.0  # simulation only: CPUs (Ray) reserved per simulated site
+    client_gpus: float = 0.0  # simulation only: GPU fraction per simulated site
 
 
 @dataclass
@@ -173,8 +191,8 @@ class BenchmarkConfig:
 
 @dataclass
 class Config:
-    seed: int = 0
-    name: str = "fedsynth"
+    seed: int = 0  # the run's seed: weight initialisation, patient sampling, evaluation slices
+    name: str = "fedsynth"  # run name: labels outputs and default run directories
     data: DataConfig = field(default_factory=DataConfig)
     phantom: PhantomConfig = field(default_factory=PhantomConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -187,9 +205,9 @@ class Config:
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
 
 
-_ = MISSING  # re-exported for sections that add required keys later
-
-# (key, predicate, description) checked after parsing; the key names the offending value.
+# Value checks after parsing (OmegaConf has checked names and types); each error names the key.
+# Keys whose values name a registered class are checked by their registry instead
+# (federation.aggregation: fedsynth.server.strategy.STRATEGIES; model.*: models/registry.py).
 _CHOICES: dict[str, Sequence[str]] = {
     "data.source": ("phantom", "cohort"),
     "data.labels": ("auto", "brats2021", "brats2023", "brats2015", "msd"),  # fmt: skip
@@ -197,7 +215,6 @@ _CHOICES: dict[str, Sequence[str]] = {
     "train.gan_loss": ("lsgan", "bce"),
     "train.device": ("auto", "cpu", "cuda"),
     "privacy.accountant": ("rdp", "prv"),
-    "federation.aggregation": ("fedavg", "fedmedian", "trimmed-mean"),
     "synthesis.label_source": ("atlas", "cohort"),
     "synthesis.device": ("auto", "cpu", "cuda"),
 }
@@ -242,7 +259,7 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError("federation.client_cpus", "client resources must be > 0 CPUs, >= 0 GPUs")
     if not 0 <= cfg.preprocess.lower_percentile < cfg.preprocess.upper_percentile <= 100:
         raise ConfigError("preprocess.lower_percentile", "need 0 <= lower < upper <= 100")
-    if cfg.train.site != "all" and not re.fullmatch(r"site-\d+", cfg.train.site):
+    if cfg.train.site != "all" and site_index(cfg.train.site) is None:
         raise ConfigError("train.site", f"must be 'all' or 'site-<k>', got {cfg.train.site!r}")
     for key in ("train.eval_slices", "train.sample_slices"):
         if _get(cfg, key) < 0:

@@ -20,16 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsynth.common.config import Config, config_to_yaml, load_config
 from fedsynth.common.errors import ConfigError
+from fedsynth.common.models.registry import build_generator
 from fedsynth.common.rundir import RunDir
 from fedsynth.server import checkpointing
 from fedsynth.server.evaluation import HeldOutEvaluator
 from fedsynth.server.rounds import RoundRecorder
-from fedsynth.server.strategy import build_strategy
+from fedsynth.server.strategy import build_strategy, strategy_class
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ def settings_from_run_config(run_config: dict[str, object]) -> ServerSettings:
     path = _find_config(str(run_config["config"]))
     overrides = shlex.split(str(run_config.get("overrides", "")))
     cfg = load_config(path, overrides)
+    strategy_class(cfg.federation.aggregation)  # refuse an unknown name before any file is written
     run_dir = Path(str(run_config.get("run-dir") or f"runs/{cfg.name}-flwr")).expanduser().resolve()
     return ServerSettings(cfg, run_dir, expected_sites=cfg.split.sites)
 
@@ -67,9 +70,6 @@ def _find_config(name: str) -> Path:
 
 def initial_generator(cfg: Config) -> dict[str, np.ndarray]:
     """A freshly initialised generator (seeded by ``cfg.seed``) as name -> float32 array."""
-    import torch
-
-    from fedsynth.common.models.registry import build_generator
 
     torch.manual_seed(cfg.seed)
     model = build_generator(cfg.model)

@@ -10,6 +10,9 @@ unchanged, through ``super().aggregate_train``. ``start()`` is Flower's loop, un
 
 The outcome of each round (one ``SiteOutcome`` per site) is kept on ``last_round`` for the
 ServerApp's per-round hook, which writes metrics and checkpoints.
+
+``STRATEGIES`` maps each ``federation.aggregation`` name to its class: adding a strategy is a
+class (a Flower strategy with ``GeneratorUpdates`` in front) and one line there.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg
 
-from fedsynth.common.config import Config
+from fedsynth.common.config import Config, FederationConfig
 from fedsynth.common.errors import ConfigError
+from fedsynth.common.sites import site_name
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +153,11 @@ class GeneratorUpdates:
     min_sites: int
     round_offset: int
     last_round: RoundOutcome | None
+
+    @classmethod
+    def options(cls, fed: FederationConfig) -> dict[str, Any]:
+        """Constructor arguments of the Flower strategy beyond those every strategy gets."""
+        return {}
 
     def _setup(self, *, min_sites: int, round_offset: int) -> None:
         if min_sites < 1:
@@ -280,7 +289,7 @@ def short_reason(reason: str) -> str:
 
 
 def _site_name(index: float, node_id: int) -> str:
-    return f"site-{int(index)}" if index >= 0 else f"node-{node_id}"
+    return site_name(int(index)) if index >= 0 else f"node-{node_id}"
 
 
 def round_metrics(outcome: RoundOutcome) -> MetricRecord:
@@ -317,6 +326,28 @@ class GeneratorFedMedian(GeneratorUpdates, FedMedian):
 class GeneratorTrimmedMean(GeneratorUpdates, FedTrimmedAvg):
     """Coordinate-wise trimmed mean; ``beta`` = fraction cut from each tail."""
 
+    @classmethod
+    def options(cls, fed: FederationConfig) -> dict[str, Any]:
+        return {"beta": fed.trim_fraction}
+
+
+# federation.aggregation -> strategy class.
+STRATEGIES: dict[str, type[GeneratorUpdates]] = {
+    "fedavg": GeneratorFedAvg,
+    "fedmedian": GeneratorFedMedian,
+    "trimmed-mean": GeneratorTrimmedMean,
+}
+
+
+def strategy_class(name: str) -> type[GeneratorUpdates]:
+    """The class registered as ``name``; ConfigError listing the valid names otherwise."""
+    if name not in STRATEGIES:
+        raise ConfigError(
+            "federation.aggregation",
+            f"unknown aggregation {name!r}; valid: {', '.join(sorted(STRATEGIES))}",
+        )
+    return STRATEGIES[name]
+
 
 def build_strategy(cfg: Config, *, expected_sites: int, round_offset: int = 0) -> FedAvg:
     """The strategy of ``cfg.federation.aggregation``, training every connected site each round.
@@ -325,6 +356,7 @@ def build_strategy(cfg: Config, *, expected_sites: int, round_offset: int = 0) -
     first round. Federated evaluation is off (held-out evaluation happens at the server).
     """
     fed = cfg.federation
+    cls = strategy_class(fed.aggregation)
     if fed.min_sites > expected_sites:
         raise ConfigError(
             "federation.min_sites",
@@ -340,14 +372,6 @@ def build_strategy(cfg: Config, *, expected_sites: int, round_offset: int = 0) -
         # with different lengths; round_metrics summarises a round instead.
         "train_metrics_aggr_fn": _no_metric_average,
     }
-    strategy: FedAvg
-    if fed.aggregation == "fedavg":
-        strategy = GeneratorFedAvg(**common)
-    elif fed.aggregation == "fedmedian":
-        strategy = GeneratorFedMedian(**common)
-    elif fed.aggregation == "trimmed-mean":
-        strategy = GeneratorTrimmedMean(**common, beta=fed.trim_fraction)
-    else:
-        raise ConfigError("federation.aggregation", f"unknown aggregation {fed.aggregation!r}")
-    strategy._setup(min_sites=fed.min_sites, round_offset=round_offset)  # type: ignore[attr-defined]
-    return strategy
+    strategy = cls(**common, **cls.options(fed))  # type: ignore[call-arg]
+    strategy._setup(min_sites=fed.min_sites, round_offset=round_offset)
+    return strategy  # type: ignore[return-value]

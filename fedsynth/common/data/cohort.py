@@ -50,6 +50,7 @@ from fedsynth.common.data.validate import check_cohort
 from fedsynth.common.errors import DataError
 from fedsynth.common.io.atomic import atomic_write_json
 from fedsynth.common.rundir import SKIPPED_CASES_FILE
+from fedsynth.common.sites import site_index
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +319,7 @@ def load_split(cohort_dir: str | Path) -> Split:
             continue
         if value == TEST:
             test.append(subject)
-        elif value.startswith("site-") and value[5:].isdigit():
+        elif site_index(value) is not None:
             sites.setdefault(value, []).append(subject)
         else:
             raise DataError(

@@ -31,6 +31,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from fedsynth.common.config import PreprocessConfig
@@ -153,9 +155,6 @@ def resize_images(stack: np.ndarray, size: int) -> np.ndarray:
     Bilinear (and its antialiasing triangle filter) has non-negative weights, so the output
     stays inside the input's value range.
     """
-    import torch
-    import torch.nn.functional as F
-
     t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))
     out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return out.numpy()
@@ -163,9 +162,6 @@ def resize_images(stack: np.ndarray, size: int) -> np.ndarray:
 
 def resize_nearest(stack: np.ndarray, size: int) -> np.ndarray:
     """(N, L, L) integer or bool -> (N, size, size), same dtype, nearest neighbour: no new values."""
-    import torch
-    import torch.nn.functional as F
-
     t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
     out = F.interpolate(t, size=(size, size), mode="nearest-exact")[:, 0].numpy()
     return np.rint(out).astype(stack.dtype)

@@ -24,13 +24,10 @@ import numpy as np
 
 from fedsynth.common.config import SplitConfig
 from fedsynth.common.errors import ConfigError
+from fedsynth.common.sites import site_name
 
 TEST = "test"
 DIRICHLET_MIN_PER_SITE = 2
-
-
-def site_name(k: int) -> str:
-    return f"site-{k}"
 
 
 @dataclass(frozen=True)

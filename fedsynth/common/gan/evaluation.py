@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from fedsynth.common.data.brats import MODALITIES
 from fedsynth.common.data.datasets import condition_channels
@@ -78,11 +79,6 @@ def save_sample_grid(
     generate: Generate, cache: Any, indices: np.ndarray, path: str | Path, title: str = ""
 ) -> Path:
     """PNG, one row per slice: label map | real and fake for each contrast."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if len(indices) == 0:
         raise ValueError("no held-out slices to show")
     cond, real = _batch(cache, indices)
@@ -90,7 +86,8 @@ def save_sample_grid(
     size = cond.shape[-1]
     cols = 1 + 2 * len(MODALITIES)
     # One axes with one image: far cheaper than a subplot per panel.
-    fig, ax = plt.subplots(figsize=(1.2 * cols, 1.2 * len(indices) + 0.5))
+    fig = Figure(figsize=(1.2 * cols, 1.2 * len(indices) + 0.5))
+    ax = fig.subplots()
     ax.imshow(mosaic, interpolation="nearest")
     labels = ["label map"] + [f"{k} {m}" for m in MODALITIES for k in ("real", "fake")]
     ax.set_xticks([size * (i + 0.5) for i in range(cols)], labels, fontsize=7, rotation=30)
@@ -98,5 +95,4 @@ def save_sample_grid(
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
-    plt.close(fig)
     return Path(path)
