@@ -66,7 +66,7 @@ def images_for(tissue, seg, seed=0, noise=25.0):
 
 
 def loaded_case(case_id="synth", shape=SHAPE, tumour=True, seed=0, with_tissue=False):
-    """A LoadedCase as ``io.nifti.load_case`` would return it (already RAS)."""
+    """A LoadedCase as ``validate.load_case`` would return it (already RAS)."""
     tissue, seg = anatomy(shape, tumour)
     return LoadedCase(
         case_id=case_id,
