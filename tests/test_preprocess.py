@@ -188,9 +188,9 @@ def _fixture_tissue(**kwargs):
 
 
 def test_real_case_tissue_is_not_mostly_white_matter():
-    """The previous mixture (T1+T2+FLAIR) called 61 % of this case's healthy brain WM and
-    17.5 % GM on the full case: the cortex became white matter. Grey matter is the larger
-    class of a healthy adult brain; Atropos gives 38 % GM / 45 % WM on the full case."""
+    """The previous mixture (T1+T2+FLAIR) called 61 % of this fixture's healthy brain WM
+    (70 % WM, 17 % GM on the full case): the cortex became white matter. ANTs Atropos (T1)
+    gives 37 % GM / 50 % WM here and 38 % GM / 45 % WM on the full case."""
     tissue, healthy = _fixture_tissue()
     share = {k: float(np.mean(tissue[healthy] == k)) for k in (CSF, GM, WM)}
     assert share[WM] < 0.5 and share[GM] > 0.3 and 0.05 < share[CSF] < 0.3, share
