@@ -5,11 +5,13 @@ is not recomputed when the demo is run again on the same ``--out`` (layout:
 ``fedsynth.common.rundir.DemoDir``):
 
 1. ``cohort``     build (or reuse) the phantom cohort, validate every case, draw a preview
-2. ``federated``  train pix2pix across the sites with Flower, DP on both GAN steps
-3. ``synthesis``  synthetic BraTS cohort from the federated generator, with a datasheet
-4. ``benchmark``  segmentation arms against locally trained baselines
-5. ``audit``      membership inference and memorisation audit of the released generator
-6. ``report``     one self-contained HTML page of the federated run
+2. ``pretrain``   (pretrain.enabled) pre-train G and D on the PUBLIC cohort, no DP
+3. ``federated``  train pix2pix across the sites with Flower, DP on both GAN steps, starting
+                  from the public pre-training when there is one
+4. ``synthesis``  synthetic BraTS cohort from the federated generator, with a datasheet
+5. ``benchmark``  segmentation arms against locally trained baselines
+6. ``audit``      membership inference and memorisation audit of the released generator
+7. ``report``     one self-contained HTML page of the federated run
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,8 @@ from fedsynth.common.data.preview import preview_cohort
 from fedsynth.common.data.validate import validate_cohort
 from fedsynth.common.errors import DataError, IncompleteRunError
 from fedsynth.common.io.atomic import atomic_write_json, atomic_write_text
-from fedsynth.common.rundir import DemoDir
+from fedsynth.common.rundir import INIT_FILE, DemoDir
+from fedsynth.pretrain.run import describe_public, pretrain
 from fedsynth.report.html import write_report
 from fedsynth.simulation import simulate
 from fedsynth.synthesis.generate import synthesize
@@ -61,7 +64,32 @@ def _cohort(cfg: Config, out: Path) -> dict[str, Any]:
     }
 
 
+def _pretrain(cfg: Config, out: Path) -> dict[str, Any]:
+    if not cfg.pretrain.enabled:
+        return {"skipped": "pretrain.enabled is false: the federation starts from scratch"}
+    run = DemoDir(out).pretrain
+    init = pretrain(cfg, run.root, overwrite=True)
+    last = run.read_metrics()[-1]
+    return {
+        "init": str(init),
+        "public_data": describe_public(cfg),
+        "steps": last["step"],
+        "public_heldout_ssim": last["mean"].get("ssim"),
+    }
+
+
+def with_pretrained_init(cfg: Config, out: Path) -> Config:
+    """``cfg`` starting from the demo's public pre-training, when it made one."""
+    init = DemoDir(out).pretrain.root / INIT_FILE
+    if not cfg.pretrain.enabled or cfg.model.init:
+        return cfg
+    if not init.is_file():
+        raise DataError(init, "pretrain.enabled, but the pre-training stage left no init file")
+    return replace(cfg, model=replace(cfg.model, init=str(init)))
+
+
 def _federated(cfg: Config, out: Path) -> dict[str, Any]:
+    cfg = with_pretrained_init(cfg, out)
     run = DemoDir(out).federated
     run_dir = run.root
     done = simulate(cfg, run_dir)  # resumes from the last completed round if interrupted
@@ -113,6 +141,7 @@ def _report(cfg: Config, out: Path) -> dict[str, Any]:
 
 STAGES: tuple[Stage, ...] = (
     Stage("cohort", "phantom cohort: build, validate, preview", _cohort),
+    Stage("pretrain", "public pre-training of the generator (no DP, public data)", _pretrain),
     Stage("federated", "federated pix2pix training with DP (Flower simulation)", _federated),
     Stage("synthesis", "synthetic cohort from the federated generator", _synthesis),
     Stage("benchmark", "segmentation benchmark against locally trained baselines", _benchmark),

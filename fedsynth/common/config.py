@@ -4,7 +4,8 @@ Where settings live (one rule, also in docs/configuration.md):
 
 - **This module** is the schema: every key exists here, with its type, its default and a
   comment saying what it means. A key that is not here does not exist.
-- **YAML files** state only the values that differ from these defaults: ``configs/`` holds
+- **YAML files** set values on top of these defaults (a key they leave out keeps its
+  default; they define no key and no default of their own): ``configs/`` holds
   the named setups every command takes (``smoke`` for tests and install checks, ``demo``,
   ``brats-gpu``); ``simulations/`` holds federated scenarios for ``fedsynth simulate``. Both
   are read the same way (``load_config``).
@@ -23,7 +24,9 @@ dataclasses; ``_check_ranges`` checks values. Every error names the dotted key, 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import math
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +61,9 @@ class PhantomConfig:
     voxel_size: float = 2.0  # mm; coarser than BraTS's 1 mm so the demo is fast
     healthy_fraction: float = 0.1  # subjects generated without a tumour
     seed: int = 0  # seeds the phantom cohort: same settings and seed, same cohort
+    # Subject ids are "<id_prefix>_0000", ...; scanner sites "<id_prefix>-scanner-<k>" unless
+    # the default. A public cohort uses its own prefix so no id can collide with a site's.
+    id_prefix: str = "phantom"
 
 
 @dataclass
@@ -88,6 +94,33 @@ class ModelConfig:
     discriminator_channels: int = 32  # width of the PatchGAN's first layer (doubles per layer)
     discriminator_layers: int = 3  # strided layers: more layers, larger patches
     norm_groups: int = 8  # GroupNorm groups (Opacus-compatible; no BatchNorm)
+    # Pre-trained start (``fedsynth pretrain`` writes RUN/init.safetensors): G, and D where
+    # the file has one, are loaded before training; the server sends this G in round 1.
+    init: str | None = None
+
+
+@dataclass
+class PretrainConfig:
+    """``fedsynth pretrain``: non-DP training on a cohort declared PUBLIC (shares nothing
+    with the sites or the test patients; checked). Its held-out part is public too, so
+    hyper-parameters may be tuned on it."""
+
+    # The demo pre-trains first and federates from it (model.init) when true; `fedsynth
+    # pretrain` and `fedsynth study` always pre-train.
+    enabled: bool = False
+    source: str = "phantom"  # "phantom" (the public phantom cohort below) or "cohort"
+    cohort_dir: str | None = None  # a public BraTS-layout folder when source == "cohort"
+    phantom: PhantomConfig = field(
+        default_factory=lambda: PhantomConfig(
+            subjects=200, sites=3, seed=1000, id_prefix="public", healthy_fraction=0.1
+        )
+    )
+    test_fraction: float = 0.1  # public held-out patients (validation, may be tuned on)
+    steps: int = 3000
+    batch_size: int = 16
+    lr: float = 2e-4
+    eval_every: int = 250  # steps between public held-out evaluations (and sample grids)
+    ema_decay: float = 0.999  # the released generator is this EMA of G's weights
 
 
 @dataclass
@@ -100,6 +133,9 @@ class TrainConfig:
     l1_weight: float = 100.0  # weight of G's L1 term against its adversarial term
     gan_loss: str = "lsgan"  # "lsgan" | "bce"
     tumour_slice_prob: float = 0.7  # chance the sampled slice of a patient shows tumour
+    # Views per sampled patient inside its one clipped gradient: 1 (the slice) or 2 (plus
+    # its left-right mirror). Free in privacy: see docs/privacy.md.
+    views: int = 1
     eval_every: int = 100  # steps between held-out image-quality evaluations
     checkpoint_every: int = 100  # steps between checkpoints (generator, state, privacy.json)
     sample_every: int = 100  # steps between sample grids (samples/step_<step>.png)
@@ -117,6 +153,10 @@ class PrivacyConfig:
     delta: float = 1e-5  # must be well below 1 / patients at a site
     max_grad_norm: float = 1.0
     accountant: str = "rdp"  # "rdp" | "prv"
+    # Generator parameters trained (and noised, clipped) at the sites: "all" | "norm+bias" |
+    # "decoder" | "head" (fedsynth.common.gan.trainable). Few parameters from a public
+    # pre-training (model.init) spend a small budget far better than "all" from scratch.
+    trainable: str = "all"
 
 
 @dataclass
@@ -131,6 +171,19 @@ class FederationConfig:
     round_timeout_s: float = 3600.0  # a site that has not replied by then loses its update
     client_cpus: float = 1.0  # simulation only: CPUs (Ray) reserved per simulated site
     client_gpus: float = 0.0  # simulation only: GPU fraction per simulated site
+    # What one site can do to the global generator (fedsynth.server.bounds, docs/robustness.md).
+    # Bound on a site's update ||w_site - w_global||_2 in units of lr x local_steps x
+    # sqrt(parameters): how far Adam moves the weights if every step moves every weight by lr.
+    # Measured on the smoke config: honest updates 0.5-0.6 of that unit. 0 turns the bound off.
+    update_norm_factor: float = 2.0
+    update_bound: str = "clip"  # beyond the bound: "clip" (scale it down) | "refuse" the update
+    # FedAvg weights: "examples" (num-examples, capped at what the site declared in its first
+    # round) | "equal" (every accepted site weighs the same; a site cannot buy influence)
+    weighting: str = "examples"
+    byzantine_sites: int = 0  # krum / multikrum: sites assumed malicious (f; needs n >= 2f + 3)
+    # Deployment allow-list: site name -> the Flower node id its authentication key was
+    # registered as (flwr supernode register). Empty: the first node to claim a name owns it.
+    site_nodes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -159,13 +212,32 @@ class SynthesisConfig:
     p_remove: float = 0.1  # remove the tumour: a healthy case
 
 
+TRAINABLE_CHOICES: tuple[str, ...] = ("all", "norm+bias", "decoder", "head")
+STUDY_ARMS: tuple[str, ...] = (  # "public-only" | "finetune:<trainable>:<eps>" | "scratch:..."
+    "public-only",
+    *(f"finetune:{t}:{e}" for t in ("norm+bias", "decoder") for e in ("inf", "8", "4", "1")),
+    "scratch:all:8",
+)
+
+
+@dataclass
+class StudyConfig:
+    """``fedsynth study``: generator arms compared on the same held-out patients."""
+
+    arms: list[str] = field(default_factory=lambda: list(STUDY_ARMS))
+    segmentation: bool = True  # per arm: synthesise, then the benchmark's synthetic arms
+    audit: bool = True  # per arm: membership inference and memorisation audit
+
+
 BENCHMARK_ARMS: tuple[str, ...] = (
     "local",  # each site trains on its own real patients alone
     "pooled",  # all sites' real patients together (upper bound)
     "synthetic",  # synthetic cohort only (anonymisation)
     "local+synthetic",  # a site's real patients plus the synthetic cohort (augmentation)
     "synthetic->finetune",  # pretrain on synthetic, fine-tune on a site's real patients
-    "fedavg",  # segmentation trained with Flower FedAvg across the sites
+    "fedavg",  # segmentation trained with Flower FedAvg across the sites (not DP)
+    "public-only",  # synthetic cohort of a generator that never saw site data (needs
+    # benchmark.public_checkpoint): what a site gets without the consortium
 )
 
 
@@ -173,14 +245,24 @@ BENCHMARK_ARMS: tuple[str, ...] = (
 class BenchmarkConfig:
     """Segmentation benchmark (``fedsynth benchmark``): which arms, how each model trains."""
 
-    arms: list[str] = field(default_factory=lambda: list(BENCHMARK_ARMS))
+    arms: list[str] = field(
+        default_factory=lambda: [a for a in BENCHMARK_ARMS if a != "public-only"]
+    )
     seeds: int = 3  # repetitions of every arm with seeds cfg.seed + 0, 1, ...
-    segmenter: str = "unet2d"  # fedsynth.common.models.segmenter.SEGMENTERS
+    segmenter: str = "unet2d"  # fedsynth.benchmark.segmenter.SEGMENTERS
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])  # U-Net widths
-    steps: int = 300  # optimisation steps per model (fedavg: rounds x local steps per site)
+    res_units: int = 2  # residual units per U-Net level (MONAI UNet num_res_units)
+    steps: int = 1500  # most optimisation steps per model (fedavg: rounds x local steps)
     batch_size: int = 16  # slices per step
-    lr: float = 1e-3  # Adam
+    lr: float = 2e-3  # Adam
     tumour_slice_prob: float = 0.5  # chance a training slice is drawn among tumour slices
+    augment: bool = True  # random flips and per-contrast intensity jitter
+    val_fraction: float = 0.15  # of each arm's own training patients, for early stopping
+    eval_every: int = 100  # steps between validation scores (the learning curve's points)
+    patience: int = 4  # evaluations without a validation Dice gain > min_delta: stop
+    min_delta: float = 0.005  # smallest validation Dice gain that counts as progress
+    public_checkpoint: str | None = None  # generator that never saw site data (public-only)
+    workers: int = 1  # processes training arms in parallel (each with 1 torch thread if > 1)
     synthetic_cases: int = 40  # cases synthesised when the benchmark is given --checkpoint
     finetune_steps: int = 100  # synthetic->finetune: steps on the site's real data
     finetune_lr: float = 5e-4
@@ -203,6 +285,8 @@ class Config:
     federation: FederationConfig = field(default_factory=FederationConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
 
 # Value checks after parsing (OmegaConf has checked names and types); each error names the key.
@@ -217,6 +301,10 @@ _CHOICES: dict[str, Sequence[str]] = {
     "privacy.accountant": ("rdp", "prv"),
     "synthesis.label_source": ("atlas", "cohort"),
     "synthesis.device": ("auto", "cpu", "cuda"),
+    "federation.update_bound": ("clip", "refuse"),
+    "federation.weighting": ("examples", "equal"),
+    "pretrain.source": ("phantom", "cohort"),
+    "privacy.trainable": TRAINABLE_CHOICES,
 }
 _POSITIVE = [
     "phantom.subjects", "phantom.sites", "phantom.voxel_size", "split.sites", "split.alpha",
@@ -224,13 +312,14 @@ _POSITIVE = [
     "train.checkpoint_every", "train.sample_every", "privacy.target_epsilon", "privacy.delta",
     "privacy.max_grad_norm", "federation.rounds", "federation.local_steps",
     "federation.min_sites", "federation.round_timeout_s", "model.discriminator_channels",
-    "model.discriminator_layers", "model.norm_groups",
+    "model.discriminator_layers", "model.norm_groups", "pretrain.steps", "pretrain.batch_size",
+    "pretrain.lr", "pretrain.eval_every", "pretrain.phantom.subjects",
 ]  # fmt: skip
 _UNIT_INTERVAL = [  # closed [0, 1]
     "phantom.healthy_fraction", "preprocess.min_brain_fraction", "train.tumour_slice_prob",
     "train.beta1", "train.beta2",
 ]  # fmt: skip
-_OPEN_UNIT_INTERVAL = ["split.test_fraction", "privacy.delta"]  # open (0, 1)
+_OPEN_UNIT_INTERVAL = ["split.test_fraction", "privacy.delta", "pretrain.test_fraction"]
 
 
 def _get(cfg: Config, dotted: str) -> Any:
@@ -240,7 +329,28 @@ def _get(cfg: Config, dotted: str) -> Any:
     return obj
 
 
+def _non_finite(obj: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
+    """(dotted key, value) of every inf/nan float in a config dataclass, nested ones too."""
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            yield from _non_finite(value, f"{key}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            yield key, value
+        elif isinstance(value, list):
+            yield from (
+                (f"{key}[{i}]", v)
+                for i, v in enumerate(value)
+                if isinstance(v, float) and not math.isfinite(v)
+            )
+
+
 def _check_ranges(cfg: Config) -> None:
+    # No setting means "infinite": inf passes every "> 0" check below and nan fails none of
+    # the "not ... > 0" ones in a useful way (lr=inf trains to NaN, target_epsilon=inf trains
+    # with noise while claiming a budget). Refuse them first, by name.
+    for key, value in _non_finite(cfg):
+        raise ConfigError(key, f"must be a finite number, got {value}")
     for key, choices in _CHOICES.items():
         if _get(cfg, key) not in choices:
             raise ConfigError(key, f"must be one of {', '.join(choices)}; got {_get(cfg, key)!r}")
@@ -261,6 +371,8 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError("preprocess.lower_percentile", "need 0 <= lower < upper <= 100")
     if cfg.train.site != "all" and site_index(cfg.train.site) is None:
         raise ConfigError("train.site", f"must be 'all' or 'site-<k>', got {cfg.train.site!r}")
+    if cfg.train.views not in (1, 2):
+        raise ConfigError("train.views", f"must be 1 or 2 (slice, mirror), got {cfg.train.views}")
     for key in ("train.eval_slices", "train.sample_slices"):
         if _get(cfg, key) < 0:
             raise ConfigError(key, f"must be >= 0, got {_get(cfg, key)}")
@@ -268,10 +380,53 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError("preprocess.image_size", "must be a multiple of 16 (U-Net depth)")
     if cfg.data.source == "cohort" and not cfg.data.cohort_dir:
         raise ConfigError("data.cohort_dir", "required when data.source is 'cohort'")
+    for key in ("train.lr", "benchmark.lr", "benchmark.finetune_lr"):
+        if _get(cfg, key) > 1.0:  # Adam moves each weight by ~lr per step; beyond 1 it overflows
+            raise ConfigError(key, f"must be <= 1 (an Adam learning rate), got {_get(cfg, key)}")
+    if cfg.federation.update_norm_factor < 0:
+        raise ConfigError(
+            "federation.update_norm_factor",
+            f"must be >= 0 (0: off), got {cfg.federation.update_norm_factor}",
+        )
+    if cfg.federation.byzantine_sites < 0:
+        raise ConfigError("federation.byzantine_sites", "must be >= 0")
+    if not 0.0 <= cfg.pretrain.ema_decay < 1.0:
+        raise ConfigError("pretrain.ema_decay", f"must be in [0, 1), got {cfg.pretrain.ema_decay}")
+    if cfg.pretrain.source == "cohort" and not cfg.pretrain.cohort_dir:
+        raise ConfigError("pretrain.cohort_dir", "required when pretrain.source is 'cohort'")
+    for key in ("phantom.id_prefix", "pretrain.phantom.id_prefix"):
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", _get(cfg, key)):
+            raise ConfigError(key, f"must be letters and digits, got {_get(cfg, key)!r}")
     if not cfg.model.generator_channels or min(cfg.model.generator_channels) <= 0:
         raise ConfigError("model.generator_channels", "must be a non-empty list of positive ints")
     _check_synthesis(cfg.synthesis)
+    for arm in cfg.study.arms:
+        check_study_arm(arm)
     _check_benchmark(cfg.benchmark)
+
+
+def check_study_arm(arm: str) -> tuple[str, str, float]:
+    """ "public-only" | "finetune:<trainable>:<eps>" | "scratch:<trainable>:<eps>" ->
+    (kind, trainable, epsilon; inf = no DP); ConfigError naming study.arms otherwise."""
+    if arm == "public-only":
+        return arm, "none", math.inf
+    parts = arm.split(":")
+    try:
+        kind, trainable, eps = parts[0], parts[1], float(parts[2])
+    except (IndexError, ValueError):
+        kind, trainable, eps = "?", "?", math.nan
+    if (
+        len(parts) != 3
+        or kind not in ("finetune", "scratch")
+        or trainable not in TRAINABLE_CHOICES
+        or not eps > 0
+    ):
+        raise ConfigError(
+            "study.arms",
+            f"{arm!r}: use public-only, finetune:<trainable>:<epsilon> or scratch:<trainable>:"
+            f"<epsilon> with trainable in {', '.join(TRAINABLE_CHOICES)} and epsilon > 0 or inf",
+        )
+    return kind, trainable, eps
 
 
 def _check_synthesis(syn: SynthesisConfig) -> None:
@@ -325,6 +480,24 @@ def _check_benchmark(b: BenchmarkConfig) -> None:
     for key in ("finetune_steps", "overlay_patients"):
         if getattr(b, key) < 0:
             raise ConfigError(f"benchmark.{key}", f"must be >= 0, got {getattr(b, key)}")
+    for key in ("patience", "workers"):
+        if getattr(b, key) < 1:
+            raise ConfigError(f"benchmark.{key}", f"must be >= 1, got {getattr(b, key)}")
+    for key in ("res_units", "min_delta"):
+        if getattr(b, key) < 0:
+            raise ConfigError(f"benchmark.{key}", f"must be >= 0, got {getattr(b, key)}")
+    if not 0 < b.eval_every <= b.steps:
+        raise ConfigError(
+            "benchmark.eval_every", f"must be in [1, benchmark.steps], got {b.eval_every}"
+        )
+    if not 0.0 <= b.val_fraction < 1.0:
+        raise ConfigError("benchmark.val_fraction", f"must be in [0, 1), got {b.val_fraction}")
+    if "public-only" in b.arms and not b.public_checkpoint:
+        raise ConfigError(
+            "benchmark.public_checkpoint",
+            "arm public-only needs the path of a generator checkpoint that never saw site data "
+            "(fedsynth pretrain writes one)",
+        )
     if not 1 <= b.fedavg_rounds <= b.steps:
         raise ConfigError(
             "benchmark.fedavg_rounds", f"must be in [1, benchmark.steps], got {b.fedavg_rounds}"

@@ -39,8 +39,13 @@ budget, each with ``done.json`` when finished), ``sweep.csv``, ``sweep.md``, ``p
 ``report.html``.
 
 A **demo** folder (``fedsynth demo``), class ``DemoDir``: ``config.yaml``,
-``stages/<stage>.json`` (a finished stage), ``cohort_preview.png``, ``federated/`` (a training
-run) and ``synthetic/`` (its synthetic cohort).
+``stages/<stage>.json`` (a finished stage), ``cohort_preview.png``, ``pretrain/`` (a
+pre-training folder, when pretrain.enabled), ``federated/`` (a training run) and ``synthetic/`` (its synthetic cohort).
+
+A **pre-training** folder (``fedsynth pretrain``): a training run (``config.yaml``,
+``metrics.jsonl``, ``samples/``, ``plots/``) plus ``PUBLIC_DATA_FILE`` (which public cohort,
+its manifest hash, the disjointness check) and ``INIT_FILE`` (the EMA generator and the
+discriminator with that provenance: what ``model.init`` names).
 
 A **site state** folder (a SuperNode's ``state-dir``, never leaves the site):
 ``SITE_TRAINER_STATE`` (G, D, optimisers, accountant, RNGs) and ``SITE_LAST_REPLY``.
@@ -50,7 +55,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +67,8 @@ from fedsynth.common.io.atomic import (
     atomic_path,
     atomic_write_json,
     atomic_write_text,
+    mark_output,
+    remove_output,
 )
 
 CONFIG_FILE = "config.yaml"
@@ -81,6 +87,8 @@ BENCHMARK_DIR = "benchmark"
 AUDIT_DIR = "audit"
 REPORT_FILE = "report.html"
 DONE_FILE = "done.json"  # a finished sweep budget or baseline
+INIT_FILE = "init.safetensors"  # pre-training: starting weights for model.init
+PUBLIC_DATA_FILE = "public.json"  # pre-training: provenance of the public data
 
 SITE_TRAINER_STATE = "trainer.safetensors"  # in a site's state dir
 SITE_LAST_REPLY = "last_reply.safetensors"  # the last reply sent, to resend on a repeat
@@ -111,6 +119,7 @@ class RunDir:
     def create(self, cfg: Config, overwrite: bool = False) -> None:
         """Start a fresh run; OutputExistsError if the folder has content and not ``overwrite``."""
         clear_for_new_output(self.root, overwrite)
+        mark_output(self.root)
         for d in (self.checkpoints, self.samples, self.plots):
             d.mkdir(parents=True, exist_ok=True)
         self.write_config(cfg)
@@ -137,11 +146,12 @@ class RunDir:
                 "state": self.state_checkpoint(step).name,
                 **extra,
             },
+            durable=True,  # resume reads it after a crash
         )
 
     def publish_generator(self, checkpoint: Path) -> Path:
         """Copy ``checkpoint`` to checkpoints/generator.safetensors atomically; return the copy."""
-        with atomic_path(self.generator) as tmp:
+        with atomic_path(self.generator, durable=True) as tmp:
             tmp.write_bytes(Path(checkpoint).read_bytes())
         return self.generator
 
@@ -254,6 +264,7 @@ class DemoDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.config = self.root / CONFIG_FILE
+        self.pretrain = RunDir(self.root / "pretrain")  # public pre-training (INIT_FILE)
         self.federated = RunDir(self.root / "federated")
         self.synthetic = self.root / SYNTHETIC_DIR
         self.preview = self.root / "cohort_preview.png"
@@ -264,11 +275,12 @@ class DemoDir:
 
 def clear_for_new_output(root: Path, overwrite: bool) -> None:
     """Make ``root`` ready for a new output: OutputExistsError if it has content, unless
-    ``overwrite`` (then it is removed)."""
-    if root.exists() and any(root.iterdir()):
+    ``overwrite`` and fedsynth made it (``OUTPUT_MARKER``: then it is removed;
+    ForeignFolderError naming it otherwise). Validate the config before calling this."""
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
         if not overwrite:
             raise OutputExistsError(root)
-        shutil.rmtree(root)
+        remove_output(root)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -39,7 +39,8 @@ def eval_indices(cache: Any, n: int, seed: int) -> np.ndarray:
     return np.sort(np.asarray(picked, dtype=np.int64))
 
 
-def _batch(cache: Any, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def slice_batch(cache: Any, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cond float32 (n, 7, S, S) one-hot, real float32 (n, 4, S, S) in [-1, 1]) of slices."""
     cond = condition_channels(cache.tissue[indices], cache.labels[indices])
     real = np.ascontiguousarray(cache.images[indices], dtype=np.float32)
     return torch.from_numpy(cond), torch.from_numpy(real)
@@ -49,7 +50,7 @@ def evaluate_quality(generate: Generate, cache: Any, indices: np.ndarray) -> dic
     """{"quality": {contrast: {mae, psnr, ssim}}, "mean": {mae, psnr, ssim}, "slices": n}."""
     if len(indices) == 0:
         return {"quality": {}, "mean": {}, "slices": 0}
-    cond, real = _batch(cache, indices)
+    cond, real = slice_batch(cache, indices)
     quality = image_quality(generate(cond), real)
     return {"quality": quality, "mean": mean_over_contrasts(quality), "slices": int(len(indices))}
 
@@ -81,7 +82,7 @@ def save_sample_grid(
     """PNG, one row per slice: label map | real and fake for each contrast."""
     if len(indices) == 0:
         raise ValueError("no held-out slices to show")
-    cond, real = _batch(cache, indices)
+    cond, real = slice_batch(cache, indices)
     mosaic = sample_mosaic(cond, real, generate(cond))
     size = cond.shape[-1]
     cols = 1 + 2 * len(MODALITIES)

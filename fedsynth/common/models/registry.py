@@ -12,11 +12,19 @@ from torch import nn
 from fedsynth.common.config import ModelConfig
 from fedsynth.common.errors import ConfigError
 from fedsynth.common.models.discriminator import ConditionalPatchGAN
-from fedsynth.common.models.generator import UNetGenerator
+from fedsynth.common.models.generator import ResizeConvUNet, UNetGenerator
 
 
 def _unet2d(cfg: ModelConfig) -> nn.Module:
     return UNetGenerator(
+        spatial_dims=2,
+        channels=tuple(cfg.generator_channels),
+        norm_groups=cfg.norm_groups,
+    )
+
+
+def _resunet2d(cfg: ModelConfig) -> nn.Module:
+    return ResizeConvUNet(
         spatial_dims=2,
         channels=tuple(cfg.generator_channels),
         norm_groups=cfg.norm_groups,
@@ -35,7 +43,10 @@ def _patchgan2d(cfg: ModelConfig) -> nn.Module:
 # name (model.generator / model.discriminator) -> builder. Only 2-D networks: the whole
 # pipeline (slices, trainer, synthesis) is 2-D; a 3-D variant joins with a tested 3-D path.
 Builder = Callable[[ModelConfig], nn.Module]
-GENERATORS: dict[str, Builder] = {"unet2d": _unet2d}
+GENERATORS: dict[str, Builder] = {
+    "unet2d": _unet2d,
+    "resunet2d": _resunet2d,  # resize-convolution upsampling: no checkerboards
+}
 DISCRIMINATORS: dict[str, Builder] = {"patchgan2d": _patchgan2d}
 
 
@@ -72,5 +83,7 @@ def build_discriminator(cfg: ModelConfig) -> nn.Module:
 
 def architecture_hash(cfg: ModelConfig) -> str:
     """Short fingerprint of the model section: checkpoints store it and loading checks it."""
-    blob = json.dumps(asdict(cfg), sort_keys=True).encode()
+    arch = asdict(cfg)
+    arch.pop("init", None)  # where the weights start from is not part of the architecture
+    blob = json.dumps(arch, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
