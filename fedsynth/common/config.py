@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,11 @@ class DataConfig:
     cache_dir: str = DEFAULT_CACHE_DIR  # phantom cohorts and slice caches live here
     strict: bool = True  # True: any invalid case is an error; False: skip it with a warning
     labels_optional: bool = False  # allow cases without a label map (synthesis inputs only)
+    # Label convention of the label maps: "auto" (by file naming: BraTS 2017-2021 names 0/1/2/4,
+    # 2023 names 0/1/2/3, Decathlon 0/1 oedema/2 non-enhancing/3 enhancing) or one forced for
+    # every case: "brats2015" (BraTS 2012-2016, 0/1/2/3/4; 3 non-enhancing merges into 1),
+    # "brats2021", "brats2023", "msd". See docs/data.md.
+    labels: str = "auto"
 
 
 @dataclass
@@ -166,6 +171,19 @@ class FederationConfig:
     round_timeout_s: float = 3600.0  # a site that has not replied by then loses its update
     client_cpus: float = 1.0  # simulation only: CPUs (Ray) reserved per simulated site
     client_gpus: float = 0.0  # simulation only: GPU fraction per simulated site
+    # What one site can do to the global generator (fedsynth.server.bounds, docs/robustness.md).
+    # Bound on a site's update ||w_site - w_global||_2 in units of lr x local_steps x
+    # sqrt(parameters): how far Adam moves the weights if every step moves every weight by lr.
+    # Measured on the smoke config: honest updates 0.5-0.6 of that unit. 0 turns the bound off.
+    update_norm_factor: float = 2.0
+    update_bound: str = "clip"  # beyond the bound: "clip" (scale it down) | "refuse" the update
+    # FedAvg weights: "examples" (num-examples, capped at what the site declared in its first
+    # round) | "equal" (every accepted site weighs the same; a site cannot buy influence)
+    weighting: str = "examples"
+    byzantine_sites: int = 0  # krum / multikrum: sites assumed malicious (f; needs n >= 2f + 3)
+    # Deployment allow-list: site name -> the Flower node id its authentication key was
+    # registered as (flwr supernode register). Empty: the first node to claim a name owns it.
+    site_nodes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -276,12 +294,15 @@ class Config:
 # (federation.aggregation: fedsynth.server.strategy.STRATEGIES; model.*: models/registry.py).
 _CHOICES: dict[str, Sequence[str]] = {
     "data.source": ("phantom", "cohort"),
+    "data.labels": ("auto", "brats2021", "brats2023", "brats2015", "msd"),  # fmt: skip
     "split.policy": ("iid", "dirichlet", "by-site"),
     "train.gan_loss": ("lsgan", "bce"),
     "train.device": ("auto", "cpu", "cuda"),
     "privacy.accountant": ("rdp", "prv"),
     "synthesis.label_source": ("atlas", "cohort"),
     "synthesis.device": ("auto", "cpu", "cuda"),
+    "federation.update_bound": ("clip", "refuse"),
+    "federation.weighting": ("examples", "equal"),
     "pretrain.source": ("phantom", "cohort"),
     "privacy.trainable": TRAINABLE_CHOICES,
 }
@@ -308,7 +329,28 @@ def _get(cfg: Config, dotted: str) -> Any:
     return obj
 
 
+def _non_finite(obj: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
+    """(dotted key, value) of every inf/nan float in a config dataclass, nested ones too."""
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            yield from _non_finite(value, f"{key}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            yield key, value
+        elif isinstance(value, list):
+            yield from (
+                (f"{key}[{i}]", v)
+                for i, v in enumerate(value)
+                if isinstance(v, float) and not math.isfinite(v)
+            )
+
+
 def _check_ranges(cfg: Config) -> None:
+    # No setting means "infinite": inf passes every "> 0" check below and nan fails none of
+    # the "not ... > 0" ones in a useful way (lr=inf trains to NaN, target_epsilon=inf trains
+    # with noise while claiming a budget). Refuse them first, by name.
+    for key, value in _non_finite(cfg):
+        raise ConfigError(key, f"must be a finite number, got {value}")
     for key, choices in _CHOICES.items():
         if _get(cfg, key) not in choices:
             raise ConfigError(key, f"must be one of {', '.join(choices)}; got {_get(cfg, key)!r}")
@@ -338,6 +380,16 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError("preprocess.image_size", "must be a multiple of 16 (U-Net depth)")
     if cfg.data.source == "cohort" and not cfg.data.cohort_dir:
         raise ConfigError("data.cohort_dir", "required when data.source is 'cohort'")
+    for key in ("train.lr", "benchmark.lr", "benchmark.finetune_lr"):
+        if _get(cfg, key) > 1.0:  # Adam moves each weight by ~lr per step; beyond 1 it overflows
+            raise ConfigError(key, f"must be <= 1 (an Adam learning rate), got {_get(cfg, key)}")
+    if cfg.federation.update_norm_factor < 0:
+        raise ConfigError(
+            "federation.update_norm_factor",
+            f"must be >= 0 (0: off), got {cfg.federation.update_norm_factor}",
+        )
+    if cfg.federation.byzantine_sites < 0:
+        raise ConfigError("federation.byzantine_sites", "must be >= 0")
     if not 0.0 <= cfg.pretrain.ema_decay < 1.0:
         raise ConfigError("pretrain.ema_decay", f"must be in [0, 1), got {cfg.pretrain.ema_decay}")
     if cfg.pretrain.source == "cohort" and not cfg.pretrain.cohort_dir:
