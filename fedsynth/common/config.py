@@ -140,6 +140,7 @@ class TrainConfig:
     checkpoint_every: int = 100  # steps between checkpoints (generator, state, privacy.json)
     sample_every: int = 100  # steps between sample grids (samples/step_<step>.png)
     device: str = "auto"  # "auto" | "cpu" | "cuda"
+    precision: str = "auto"  # "auto" (bf16 on a GPU without DP) | "fp32" | "bf16" (docs/gpu.md)
     # Central trainer only: train on every site's training patients ("all") or one ("site-k").
     site: str = "all"
     eval_slices: int = 64  # held-out slices scored (MAE/PSNR/SSIM) at each evaluation
@@ -298,6 +299,7 @@ _CHOICES: dict[str, Sequence[str]] = {
     "split.policy": ("iid", "dirichlet", "by-site"),
     "train.gan_loss": ("lsgan", "bce"),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.precision": ("auto", "fp32", "bf16"),
     "privacy.accountant": ("rdp", "prv"),
     "synthesis.label_source": ("atlas", "cohort"),
     "synthesis.device": ("auto", "cpu", "cuda"),

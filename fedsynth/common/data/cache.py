@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from fedsynth.common.config import Config, PreprocessConfig, expand_path
 from fedsynth.common.data import brats
@@ -38,6 +37,7 @@ from fedsynth.common.data.preprocess import preprocess_case
 from fedsynth.common.data.validate import inspect_case
 from fedsynth.common.errors import DataError
 from fedsynth.common.io.atomic import atomic_directory, atomic_write_json
+from fedsynth.common.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ def _build(path, cases, name, settings, key, sources, preprocess, strict, labels
 
     with atomic_directory(path, overwrite=True) as tmp:
         out = _Appender(tmp)
-        for case in tqdm(cases, desc=f"preprocess {name}", unit="case", leave=False):
+        for case in progress_bar(cases, desc=f"preprocess {name}", unit="case"):
             loaded, found = inspect_case(case, labels_optional=labels_optional)
             if found:
                 reject(case.case_id, found)
