@@ -28,6 +28,7 @@ from fedsynth.common.errors import ConfigError
 from fedsynth.common.rundir import RunDir
 from fedsynth.server import checkpointing
 from fedsynth.server.evaluation import HeldOutEvaluator
+from fedsynth.server.polling import ProportionalPollGrid
 from fedsynth.server.rounds import RoundRecorder
 from fedsynth.server.strategy import build_strategy, strategy_class
 
@@ -120,14 +121,17 @@ def run_server(grid: Grid, settings: ServerSettings) -> checkpointing.ServerStat
         return state
     strategy = build_strategy(cfg, expected_sites=settings.expected_sites, round_offset=state.round)
     recorder.strategy = strategy
-    strategy.start(
-        grid,
-        to_array_record(weights),
-        num_rounds=remaining,
-        timeout=cfg.federation.round_timeout_s,
-        train_config=train_config(cfg, run_dir),
-        evaluate_fn=recorder,
-    )
+    try:
+        strategy.start(
+            ProportionalPollGrid(grid),
+            to_array_record(weights),
+            num_rounds=remaining,
+            timeout=cfg.federation.round_timeout_s,
+            train_config=train_config(cfg, run_dir),
+            evaluate_fn=recorder,
+        )
+    finally:
+        recorder.wait()  # rounds completed before an error are still committed
     recorder.finish()
     return state
 
