@@ -1,14 +1,17 @@
 """The main job (``make demo`` / ``fedsynth demo``): every stage of fedsynth, end to end.
 
-Stages, each resumable (a finished stage leaves ``<out>/stages/<name>.json`` and is not
-recomputed when the demo is run again on the same ``--out``):
+Stages (``STAGES``), each resumable: a finished stage leaves ``<out>/stages/<name>.json`` and
+is not recomputed when the demo is run again on the same ``--out`` (layout:
+``fedsynth.common.rundir.DemoDir``):
 
 1. ``cohort``     build (or reuse) the phantom cohort, validate every case, draw a preview
-2. ``federated``  train pix2pix across the sites with Flower, DP on both GAN steps
-3. ``synthesis``  synthetic BraTS cohort from the federated generator, with a datasheet
-
-Later stages of the pipeline (segmentation benchmark, audit, report) join this list as
-they are built; the demo runs what exists and says so.
+2. ``pretrain``   (pretrain.enabled) pre-train G and D on the PUBLIC cohort, no DP
+3. ``federated``  train pix2pix across the sites with Flower, DP on both GAN steps, starting
+                  from the public pre-training when there is one
+4. ``synthesis``  synthetic BraTS cohort from the federated generator, with a datasheet
+5. ``benchmark``  segmentation arms against locally trained baselines
+6. ``audit``      membership inference and memorisation audit of the released generator
+7. ``report``     one self-contained HTML page of the federated run
 """
 
 from __future__ import annotations
@@ -17,14 +20,23 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from fedsynth.audit.writer import run_audit
+from fedsynth.benchmark.runner import run_benchmark
 from fedsynth.common.config import Config, config_to_yaml
-from fedsynth.common.errors import DataError
+from fedsynth.common.data.cohort import load_split, resolve_cohort
+from fedsynth.common.data.preview import preview_cohort
+from fedsynth.common.data.validate import validate_cohort
+from fedsynth.common.errors import DataError, IncompleteRunError
 from fedsynth.common.io.atomic import atomic_write_json, atomic_write_text
-from fedsynth.common.rundir import DemoDir
+from fedsynth.common.rundir import INIT_FILE, DemoDir
+from fedsynth.pretrain.run import describe_public, pretrain
+from fedsynth.report.html import write_report
+from fedsynth.simulation import simulate
+from fedsynth.synthesis.generate import synthesize
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +49,6 @@ class Stage:
 
 
 def _cohort(cfg: Config, out: Path) -> dict[str, Any]:
-    from fedsynth.common.data.cohort import load_split, resolve_cohort
-    from fedsynth.common.data.preview import preview_cohort
-    from fedsynth.common.data.validate import validate_cohort
-
     cohort = resolve_cohort(cfg)
     report = validate_cohort(cohort)
     if not report.ok:
@@ -56,14 +64,41 @@ def _cohort(cfg: Config, out: Path) -> dict[str, Any]:
     }
 
 
-def _federated(cfg: Config, out: Path) -> dict[str, Any]:
-    from fedsynth.simulation import simulate
+def _pretrain(cfg: Config, out: Path) -> dict[str, Any]:
+    if not cfg.pretrain.enabled:
+        return {"skipped": "pretrain.enabled is false: the federation starts from scratch"}
+    run = DemoDir(out).pretrain
+    init = pretrain(cfg, run.root, overwrite=True)
+    last = run.read_metrics()[-1]
+    return {
+        "init": str(init),
+        "public_data": describe_public(cfg),
+        "steps": last["step"],
+        "public_heldout_ssim": last["mean"].get("ssim"),
+    }
 
+
+def with_pretrained_init(cfg: Config, out: Path) -> Config:
+    """``cfg`` starting from the demo's public pre-training, when it made one."""
+    init = DemoDir(out).pretrain.root / INIT_FILE
+    if not cfg.pretrain.enabled or cfg.model.init:
+        return cfg
+    if not init.is_file():
+        raise DataError(init, "pretrain.enabled, but the pre-training stage left no init file")
+    return replace(cfg, model=replace(cfg.model, init=str(init)))
+
+
+def _federated(cfg: Config, out: Path) -> dict[str, Any]:
+    cfg = with_pretrained_init(cfg, out)
     run = DemoDir(out).federated
     run_dir = run.root
     done = simulate(cfg, run_dir)  # resumes from the last completed round if interrupted
     if done < cfg.federation.rounds:
-        raise DataError(run_dir, f"federated training stopped after round {done}; see its log")
+        raise IncompleteRunError(
+            run_dir,
+            f"federated training stopped after round {done} of {cfg.federation.rounds}; "
+            "see its log, then run the demo again to resume",
+        )
     privacy = json.loads(run.privacy.read_text())
     return {
         "run_dir": str(run_dir),
@@ -76,8 +111,6 @@ def _federated(cfg: Config, out: Path) -> dict[str, Any]:
 
 
 def _synthesis(cfg: Config, out: Path) -> dict[str, Any]:
-    from fedsynth.synthesis.generate import synthesize
-
     demo = DemoDir(out)
     result = synthesize(cfg, demo.federated.generator, demo.synthetic, overwrite=True)
     return {
@@ -90,16 +123,12 @@ def _synthesis(cfg: Config, out: Path) -> dict[str, Any]:
 
 
 def _benchmark(cfg: Config, out: Path) -> dict[str, Any]:
-    from fedsynth.benchmark.runner import run_benchmark
-
     demo = DemoDir(out)
     result = run_benchmark(cfg, demo.federated.root, synthetic=demo.synthetic)
     return {"results": str(result.out / "results.md"), "table": str(result.out / "results.csv")}
 
 
 def _audit(cfg: Config, out: Path) -> dict[str, Any]:
-    from fedsynth.audit.writer import run_audit
-
     demo = DemoDir(out)
     result = run_audit(demo.federated.root, synthetic_dir=demo.synthetic, overwrite=True)
     membership = result.report["membership"]["overall"]
@@ -107,13 +136,12 @@ def _audit(cfg: Config, out: Path) -> dict[str, Any]:
 
 
 def _report(cfg: Config, out: Path) -> dict[str, Any]:
-    from fedsynth.report.html import write_report
-
     return {"report": str(write_report(DemoDir(out).federated.root))}
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("cohort", "phantom cohort: build, validate, preview", _cohort),
+    Stage("pretrain", "public pre-training of the generator (no DP, public data)", _pretrain),
     Stage("federated", "federated pix2pix training with DP (Flower simulation)", _federated),
     Stage("synthesis", "synthetic cohort from the federated generator", _synthesis),
     Stage("benchmark", "segmentation benchmark against locally trained baselines", _benchmark),

@@ -15,7 +15,14 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from flwr.simulation import run_simulation
+
+from fedsynth.client.app import app as client_app
 from fedsynth.common.config import Config
+from fedsynth.common.data.cohort import resolve_cohort
+from fedsynth.server import checkpointing
+from fedsynth.server.app import ServerSettings, make_server_app, write_run_config
+from fedsynth.server.strategy import strategy_class
 
 
 @contextlib.contextmanager
@@ -50,13 +57,6 @@ def backend_config(cfg: Config, ray_tmp: Path) -> dict:
 
 def simulate(cfg: Config, run_dir: Path) -> int:
     """Run the federation; returns the last completed round."""
-    from flwr.simulation import run_simulation
-
-    from fedsynth.client.app import app as client_app
-    from fedsynth.common.data.cohort import resolve_cohort
-    from fedsynth.server import checkpointing
-    from fedsynth.server.app import ServerSettings, make_server_app, write_run_config
-    from fedsynth.server.strategy import strategy_class
 
     strategy_class(cfg.federation.aggregation)  # refuse an unknown name before any file is written
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from audit_run import SMOKE, train_tiny_run
+from helpers import SMOKE
+from helpers.tiny_run import TINY_TRAINING
 
+from fedsynth.audit.inputs import released_generator, trained_sites
 from fedsynth.audit.membership import (
     bootstrap_auc_ci,
     evaluate_attack,
@@ -18,7 +20,8 @@ from fedsynth.audit.membership import (
 from fedsynth.audit.memorisation import memorisation_audit, nearest
 from fedsynth.audit.writer import FILES, run_audit
 from fedsynth.cli import main
-from fedsynth.common.errors import ConfigError, OutputExistsError
+from fedsynth.common.config import load_config
+from fedsynth.common.errors import CheckpointError, ConfigError, OutputExistsError
 from fedsynth.common.io.checkpoints import load_checkpoint
 from fedsynth.common.rundir import RunDir
 
@@ -26,9 +29,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
 @pytest.fixture(scope="module")
-def audited(tmp_path_factory):
+def audited(tiny_run):
     """The tiny run and its audit (written with the default RUN_DIR/audit)."""
-    run = train_tiny_run(tmp_path_factory.mktemp("audit"))
+    run = tiny_run
     result = run_audit(run.root, resamples=200)
     return run, result
 
@@ -156,10 +159,6 @@ def test_audit_of_a_folder_that_is_not_a_run(tmp_path):
 
 
 def test_members_follow_the_run_kind(tmp_path):
-    from fedsynth.audit.inputs import released_generator, trained_sites
-    from fedsynth.common.config import load_config
-    from fedsynth.common.errors import CheckpointError
-
     sites = {"site-0": ["a"], "site-1": ["b"], "site-2": ["c"]}
     cfg = load_config(None, [])
     assert trained_sites(cfg, sites, False, {}) == ["site-0", "site-1", "site-2"]
@@ -184,12 +183,10 @@ def test_train_cli_releases_the_latest_generator_and_prints_its_path(audited, tm
     """`fedsynth train` leaves checkpoints/generator.safetensors (the newest generator, what
     docs/synthesis.md tells users to load) and prints where it is."""
     run, _ = audited
-    cache = run.root.parent / "cache"  # the audit run's cohort and slice caches: reused
+    cache = run.read_config().data.cache_dir  # the tiny run's cohort and slice caches: reused
     out = tmp_path / "run"
-    steps = ("train.steps=2", "train.eval_every=2", "train.checkpoint_every=2",
-             "train.sample_every=2", "train.eval_slices=8", "train.sample_slices=2")  # fmt: skip
     code = main(["train", str(SMOKE), "--out", str(out), "--no-progress",
-                 f"data.cache_dir={cache}", "train.device=cpu", *steps])  # fmt: skip
+                 f"data.cache_dir={cache}", *TINY_TRAINING])  # fmt: skip
     assert code == 0
     released = RunDir(out).generator
     assert f"generator: {released}" in capsys.readouterr().out.splitlines()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from synthetic_brain import write_case
+from helpers.synthetic_brain import write_case
 
 from fedsynth.common.config import PreprocessConfig
 from fedsynth.common.data.cache import SliceCache, build_slices

@@ -1,5 +1,8 @@
 """The fedsynth command line: every subcommand has help; overrides work after options."""
 
+import subprocess
+import sys
+
 import pytest
 
 from fedsynth.cli import COMMANDS, build_parser, main, parse_args
@@ -34,3 +37,15 @@ def test_unknown_options_are_still_errors(capsys):
 def test_config_errors_exit_2_with_the_key(capsys):
     assert main(["preprocess", "configs/smoke.yaml", "train.stepz=1"]) == 2
     assert "train.stepz" in capsys.readouterr().err
+
+
+def test_help_loads_no_heavy_library():
+    """`fedsynth --help` builds every command's parser without torch, flwr, ray, monai or
+    matplotlib: command modules import those inside their run function (cli/__init__.py)."""
+    code = (
+        "import sys; from fedsynth.cli import build_parser; build_parser(); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'torch', 'flwr', 'ray', 'monai', 'matplotlib', 'opacus', 'sklearn', 'nibabel'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -21,6 +21,7 @@ def test_demo_runs_every_stage_then_resumes_without_redoing_them(tmp_path, capsy
     fed = out / "federated"
     for path in [
         out / "cohort_preview.png",
+        out / "pretrain" / "init.safetensors",
         fed / "privacy.json",
         fed / "checkpoints" / "generator.safetensors",
         out / "synthetic" / "datasheet.json",
@@ -32,6 +33,8 @@ def test_demo_runs_every_stage_then_resumes_without_redoing_them(tmp_path, capsy
     privacy = json.loads((fed / "privacy.json").read_text())
     assert privacy["unit"] == "patient" and privacy["dp_enabled"]
     assert privacy["worst_epsilon"] <= 10.0
+    # The federation started from the public pre-training (smoke: pretrain.enabled).
+    assert f"init: {out / 'pretrain' / 'init.safetensors'}" in (fed / "config.yaml").read_text()
     arms = {
         line.split(",")[0]
         for line in (fed / "benchmark" / "results.csv").read_text().splitlines()[1:]
@@ -41,5 +44,5 @@ def test_demo_runs_every_stage_then_resumes_without_redoing_them(tmp_path, capsy
 
     assert main(argv) == 0  # resume: every stage is found finished, nothing is redone
     again = capsys.readouterr().out
-    assert again.count("done earlier") == 6
+    assert again.count("done earlier") == 7
     assert (fed / "report.html").stat().st_mtime_ns == stamp

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from synthetic_brain import write_case
+from helpers.synthetic_brain import write_case
 
 from fedsynth.common.config import SynthesisConfig, load_config
 from fedsynth.common.errors import DataError

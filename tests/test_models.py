@@ -43,14 +43,6 @@ def test_batchnorm_would_be_rejected_by_the_same_check():
         ModuleValidator.validate(torch.nn.Sequential(torch.nn.BatchNorm2d(4)), strict=True)
 
 
-def test_three_d_variants_build_and_run():
-    cfg = ModelConfig(**{**TINY.__dict__, "generator": "unet3d", "discriminator": "patchgan3d"})
-    g, d = build_generator(cfg), build_discriminator(cfg)
-    x = g(torch.zeros(1, 7, 16, 16, 16))
-    assert x.shape == (1, 4, 16, 16, 16)
-    assert d(torch.zeros(1, 7, 16, 16, 16), x).shape[:2] == (1, 1)
-
-
 @pytest.mark.parametrize(
     ("field", "build", "valid"),
     [

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 from fixtures.brats_cases import copy_2023
-from synthetic_brain import anatomy, loaded_case
+from helpers.synthetic_brain import anatomy, loaded_case
 
 from fedsynth.common.config import PreprocessConfig
 from fedsynth.common.data import brats

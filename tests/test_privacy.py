@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from gan_fakes import fake_cache, tiny_config
+from helpers.gan_fakes import fake_cache, tiny_config
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 

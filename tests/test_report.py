@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from audit_run import train_tiny_run
 
 from fedsynth.audit.writer import run_audit
 from fedsynth.cli import main
@@ -32,9 +31,9 @@ def _fake_benchmark(run_root: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory) -> Path:
+def full_run(tiny_run) -> Path:
     """A tiny run with every optional part: audit and benchmark."""
-    run = train_tiny_run(tmp_path_factory.mktemp("report"))
+    run = tiny_run
     run_audit(run.root, resamples=50)
     _fake_benchmark(run.root)
     return run.root

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
+import fedsynth
 from fedsynth.common.config import Config, config_to_yaml
 from fedsynth.common.errors import CheckpointError, ConfigError, OutputExistsError
 from fedsynth.common.rundir import (
+    CONFIG_FILE,
+    GENERATOR_FILE,
+    LATEST_FILE,
+    METRICS_FILE,
+    PRIVACY_FILE,
+    SERVER_STATE_FILE,
     DemoDir,
     RunDir,
     SweepDir,
@@ -119,3 +127,23 @@ def test_sweep_and_demo_folders_hold_training_runs(tmp_path):
         demo.federated.generator == tmp_path / "federated" / "checkpoints" / "generator.safetensors"
     )
     assert demo.stage_marker("cohort") == tmp_path / "stages" / "cohort.json"
+
+
+def test_run_folder_and_site_names_are_spelled_in_one_module_each():
+    """Agreements with one owner: the run folder's file names live in common/rundir.py and
+    the site-name format in common/sites.py; every other module asks them."""
+    package = Path(fedsynth.__file__).parent
+    owned = {
+        "common/rundir.py": [f'"{n}"' for n in (CONFIG_FILE, PRIVACY_FILE, METRICS_FILE,
+                                                SERVER_STATE_FILE, GENERATOR_FILE, LATEST_FILE)],
+        "common/sites.py": ['f"site-{', "r\"site-", "r'site-", '"site-"'],
+    }  # fmt: skip
+    offenders = [
+        f"{path.relative_to(package)}: {needle}"
+        for owner, needles in owned.items()
+        for path in sorted(package.rglob("*.py"))
+        if path.relative_to(package).as_posix() != owner
+        for needle in needles
+        if needle in path.read_text(encoding="utf-8")
+    ]
+    assert offenders == []

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from gan_fakes import fake_cache, tiny_config
+from helpers.gan_fakes import fake_cache, tiny_config
 from safetensors.torch import load_file
 
 from fedsynth.central import CentralData, resume_central, train_central

@@ -6,24 +6,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from fedsynth.common.data.brats import MODALITIES
 from fedsynth.common.io.atomic import save_figure
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_roc(membership: Any, path: Path) -> Path:
     """ROC curves of the membership attack (overall and per site), linear and log FPR axes."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     curves = [("overall", membership.overall)] + sorted(membership.per_site.items())
     for ax, log in zip(axes, (False, True), strict=True):
         for name, res in curves:
@@ -46,15 +38,14 @@ def plot_roc(membership: Any, path: Path) -> Path:
             ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     save_figure(fig, path, dpi=90)
-    plt.close(fig)
     return Path(path)
 
 
 def plot_memorisation(mem: Any, path: Path) -> Path:
     """Left: ratio d_train / d_heldout of held-out real vs synthetic slices, with the flag
     threshold. Right: d_train against d_heldout per slice."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     ref, syn = mem.reference.ratio, mem.synthetic.ratio
     both = np.r_[ref[np.isfinite(ref)], syn[np.isfinite(syn)]]
     bins = np.linspace(0, max(float(both.max()) if len(both) else 1.0, 1e-3), 30)
@@ -82,7 +73,6 @@ def plot_memorisation(mem: Any, path: Path) -> Path:
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path, dpi=90)
-    plt.close(fig)
     return Path(path)
 
 
@@ -96,7 +86,6 @@ def plot_closest_pairs(
 ) -> Path:
     """The k synthetic slices with the lowest ratio: per row the synthetic slice and its
     nearest training slice, each contrast side by side."""
-    plt = _pyplot()
     order = np.argsort(mem.synthetic.ratio, kind="stable")[:k]
     rows = []
     for q in order:
@@ -104,7 +93,8 @@ def plot_closest_pairs(
         syn = [_grey(synthetic_images[q, c]) for c in range(len(MODALITIES))]
         trn = [_grey(train_images[j, c]) for c in range(len(MODALITIES))]
         rows.append(np.concatenate(syn + [np.ones_like(syn[0][:, :2])] + trn, axis=1))
-    fig, ax = plt.subplots(figsize=(10, 1.3 * max(len(rows), 1) + 0.6))
+    fig = Figure(figsize=(10, 1.3 * max(len(rows), 1) + 0.6))
+    ax = fig.subplots()
     if rows:
         ax.imshow(np.concatenate(rows, axis=0), cmap="gray", vmin=0, vmax=1,
                   interpolation="nearest")  # fmt: skip
@@ -123,5 +113,4 @@ def plot_closest_pairs(
                  fontsize=9)  # fmt: skip
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
-    plt.close(fig)
     return Path(path)

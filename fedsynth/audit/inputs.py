@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from fedsynth.common.config import Config
+from fedsynth.common.data.cache import site_slices
+from fedsynth.common.data.cohort import load_split, resolve_cohort
 from fedsynth.common.errors import CheckpointError, ConfigError, DataError
 from fedsynth.common.rundir import RunDir
+from fedsynth.synthesis.generator_io import load_generator
 
 
 @dataclass
@@ -70,10 +73,6 @@ def trained_sites(
 
 def load_audit_inputs(run_dir: str | Path) -> AuditInputs:
     """Everything the audit needs, from the run's files and its cohort's slice caches."""
-    from fedsynth.common.data.cache import site_slices
-    from fedsynth.common.data.cohort import load_split, resolve_cohort
-    from fedsynth.synthesis.generator_io import load_generator
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(run_dir, "run directory does not exist")

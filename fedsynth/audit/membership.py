@@ -19,6 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from fedsynth.common.data.datasets import condition_channels
 
 FPR_LEVELS = (0.01, 0.001)  # TPR is reported at these false-positive rates
 Generate = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -26,9 +30,6 @@ Generate = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 def generator_fn(module: Any, device: str | None = None, batch_size: int = 64) -> Generate:
     """(tissue, labels) uint8 (B, S, S) -> generated images float32 (B, 4, S, S) in [-1, 1]."""
-    import torch
-
-    from fedsynth.common.data.datasets import condition_channels
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     module = module.to(dev).eval()
@@ -161,8 +162,6 @@ def evaluate_attack(
 ) -> AttackResult:
     """ROC AUC (sklearn), its bootstrap CI and TPR at each FPR level. Higher score = more
     likely a member. ValueError if either group is empty or a score is not finite."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
     m = np.asarray(member_scores, np.float64)
     n = np.asarray(nonmember_scores, np.float64)
     if len(m) == 0 or len(n) == 0:

@@ -18,6 +18,9 @@ from fedsynth.audit.figures import plot_closest_pairs, plot_memorisation, plot_r
 from fedsynth.audit.inputs import AuditInputs, load_audit_inputs
 from fedsynth.audit.membership import MembershipAudit, generator_fn, membership_audit
 from fedsynth.audit.memorisation import REFERENCE_PERCENTILE, MemorisationAudit, memorisation_audit
+from fedsynth.common.config import expand_path
+from fedsynth.common.data.brats import discover_cases
+from fedsynth.common.data.cache import build_slices
 from fedsynth.common.errors import DataError, OutputExistsError
 from fedsynth.common.io.atomic import atomic_directory, atomic_write_json, atomic_write_text
 from fedsynth.common.rundir import RunDir
@@ -103,10 +106,6 @@ def synthetic_slices(
 
 def synthetic_cache(inputs: AuditInputs, folder: Path) -> Any:
     """Slice cache of a synthetic BraTS cohort at the run's preprocessing settings."""
-    from fedsynth.common.config import expand_path
-    from fedsynth.common.data.brats import discover_cases
-    from fedsynth.common.data.cache import build_slices
-
     cases = discover_cases(folder)  # DataError naming the folder if it is not a cohort
     cache = build_slices(
         cohort_dir=folder,

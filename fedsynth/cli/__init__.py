@@ -1,8 +1,14 @@
 """The ``fedsynth`` command: one module per subcommand, each a thin call into the packages.
 
 A command module exposes ``register(subparsers)`` which adds its parser and sets
-``func(args) -> int``. Heavy imports (torch, flwr) happen inside ``func`` so that
-``fedsynth --help`` stays fast.
+``func(args) -> int``.
+
+Imports: the one place in fedsynth where a module imports inside a function. ``--help``
+imports every command module, so each imports at its top only the light layer (the standard
+library, ``fedsynth.common.config`` / ``errors`` / ``rundir`` / ``io.atomic``), and imports
+the package it runs (which pulls in torch, flwr, ray, monai, matplotlib) inside ``func``.
+Every other module imports at its top. ``tests/test_cli.py`` checks that ``--help`` loads
+none of those libraries.
 """
 
 from __future__ import annotations
@@ -23,14 +29,17 @@ COMMANDS: tuple[str, ...] = (
     "preprocess",
     "simulate",
     "train",
+    "pretrain",
     "synthesize",
     "benchmark",
     "audit",
     "report",
     "privacy_sweep",
+    "study",
     "demo",
     "certs",
     "site_check",
+    "config",
 )
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from fedsynth.common.errors import ConfigError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -37,7 +39,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fedsynth.audit.writer import run_audit
-    from fedsynth.common.errors import ConfigError
 
     if args.bootstrap < 0:
         raise ConfigError("--bootstrap", f"must be >= 0, got {args.bootstrap}")

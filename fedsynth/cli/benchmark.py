@@ -10,9 +10,11 @@ Writes RUN_DIR/benchmark/: results.csv, differences.csv, per_patient.csv, result
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 from fedsynth.cli._common import add_config_args, config_from_args
+from fedsynth.common.errors import OutputExistsError
 from fedsynth.common.rundir import RunDir
 
 
@@ -36,10 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import shutil
 
     from fedsynth.benchmark.runner import run_benchmark
-    from fedsynth.common.errors import OutputExistsError
 
     cfg = config_from_args(args)
     out = RunDir(args.out.expanduser().resolve()).benchmark

@@ -8,6 +8,7 @@ Re-running on the same --out resumes: finished stages are kept.
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from fedsynth.common.config import load_config
@@ -34,7 +35,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
 
     from fedsynth.demo import run_demo
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import time
+from collections import Counter
+from pathlib import Path
+
+from fedsynth.common.config import PhantomConfig
 
 DESCRIPTION = """\
 Generate a phantom brain-tumour cohort in BraTS 2021 layout (no download needed).
@@ -54,11 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-    from collections import Counter
-    from pathlib import Path
 
-    from fedsynth.common.config import PhantomConfig
     from fedsynth.common.data.phantom import MANIFEST, generate_phantom_cohort
     from fedsynth.common.data.preview import preview_cohort
     from fedsynth.common.data.splits import natural_key

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fedsynth.cli._common import add_config_args, config_from_args
 from fedsynth.common.rundir import SweepDir
+from fedsynth.sweep.budgets import parse_epsilons
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +36,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedsynth.sweep.budgets import parse_epsilons
     from fedsynth.sweep.run import run_sweep
 
     epsilons = parse_epsilons(args.epsilons)

@@ -8,6 +8,9 @@ to send around. Writes RUN_DIR/report.html (or --out) atomically and prints its 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from fedsynth.common.errors import DataError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,9 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
-    from fedsynth.common.errors import DataError
     from fedsynth.report.html import write_report
 
     if not Path(args.run_dir).is_dir():

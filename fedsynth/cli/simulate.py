@@ -18,7 +18,6 @@ from fedsynth.cli._common import add_config_args
 from fedsynth.common.config import Config, load_config
 from fedsynth.common.errors import ConfigError
 from fedsynth.common.rundir import RunDir, clear_for_new_output
-from fedsynth.simulation import simulate
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +71,13 @@ def resolve_run(args: argparse.Namespace) -> tuple[Config, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fedsynth.simulation import simulate
+
     cfg, run_dir = resolve_run(args)
     done = simulate(cfg, run_dir)
     if done < cfg.federation.rounds:
         print(f"{run_dir}: stopped after round {done} of {cfg.federation.rounds}; resume with "
               f"'fedsynth simulate --resume {run_dir}'")  # fmt: skip
         return 1
-    print(
-        f"{run_dir}: {done} rounds; generator in {run_dir / 'checkpoints' / 'generator.safetensors'}"
-    )
+    print(f"{run_dir}: {done} rounds; generator in {RunDir(run_dir).generator}")
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fedsynth.common.config import load_config
+
 DESCRIPTION = """\
 Check that this site can join a federation, without contacting anyone (except a TLS
 handshake with --superlink): the node config parses, the state dir is writable, the
@@ -43,7 +45,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedsynth.common.config import load_config
     from fedsynth.deploy.site_check import check_site
 
     overrides = list(args.overrides)

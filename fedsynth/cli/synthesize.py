@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fedsynth.cli._common import add_config_args, config_from_args
+from fedsynth.common.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +32,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedsynth.common.errors import ConfigError
     from fedsynth.synthesis.generate import synthesize
 
     if args.config is not None and "=" in args.config:  # only overrides were given

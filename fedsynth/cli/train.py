@@ -12,6 +12,8 @@ import argparse
 import json
 
 from fedsynth.cli._common import add_config_args
+from fedsynth.common.config import load_config
+from fedsynth.common.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,8 +32,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _parse_overrides(items: list[str]) -> dict[str, str]:
-    from fedsynth.common.errors import ConfigError
-
     out = {}
     for item in items:
         if "=" not in item:
@@ -43,8 +43,6 @@ def _parse_overrides(items: list[str]) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     from fedsynth.central import resume_central, set_determinism, train_central
-    from fedsynth.common.config import load_config
-    from fedsynth.common.errors import ConfigError
 
     set_determinism()
     progress = not args.no_progress

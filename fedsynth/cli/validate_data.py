@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from fedsynth.common.io.atomic import atomic_write_json
 
 DESCRIPTION = """\
 Check every case of a BraTS-layout cohort before training on it.
@@ -41,11 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from fedsynth.common.data import brats
     from fedsynth.common.data.validate import CohortReport, iter_case_reports
-    from fedsynth.common.io.atomic import atomic_write_json
 
     cases = brats.discover_cases(args.dir)
     print(f"Validating {len(cases)} case{'' if len(cases) == 1 else 's'} in {args.dir}", flush=True)

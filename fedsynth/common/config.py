@@ -1,19 +1,37 @@
-"""Typed configuration: YAML files in ``configs/`` + ``key=value`` overrides -> frozen dataclasses.
+"""The configuration schema: every setting of fedsynth, its default and its meaning.
 
-Parsed once at the edge (CLI, ServerApp, ClientApp); everything below takes these objects.
-OmegaConf checks key names and types against the dataclasses; ``_check_ranges`` checks values.
-Every error names the dotted key, e.g. ``config key 'train.lr': must be > 0, got -1``.
+Where settings live (one rule, also in docs/configuration.md):
+
+- **This module** is the schema: every key exists here, with its type, its default and a
+  comment saying what it means. A key that is not here does not exist.
+- **YAML files** set values on top of these defaults (a key they leave out keeps its
+  default; they define no key and no default of their own): ``configs/`` holds
+  the named setups every command takes (``smoke`` for tests and install checks, ``demo``,
+  ``brats-gpu``); ``simulations/`` holds federated scenarios for ``fedsynth simulate``. Both
+  are read the same way (``load_config``).
+- **pyproject.toml's** ``[tool.flwr.app.config]`` holds no setting: only which YAML file,
+  which overrides and which run directory ``flwr run`` uses.
+- **``key=value`` overrides** on the command line come last.
+
+Resolution: defaults < YAML file < overrides; ``fedsynth config show CONFIG [key=value ...]``
+prints the result. Parsed once at the edge (CLI, ServerApp, ClientApp) into these dataclasses
+(plain, mutable; treat them as values: ``dataclasses.replace`` makes a changed copy);
+everything below takes these objects. OmegaConf checks key names and types against the
+dataclasses; ``_check_ranges`` checks values. Every error names the dotted key, e.g.
+``config key 'train.lr': must be > 0, got -1``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fedsynth.common.errors import ConfigError
@@ -33,11 +51,14 @@ class DataConfig:
 
 @dataclass
 class PhantomConfig:
-    subjects: int = 40
+    subjects: int = 40  # phantom patients generated (each: 4 contrasts + a label map)
     sites: int = 4  # scanner sites simulated in the phantom cohort
     voxel_size: float = 2.0  # mm; coarser than BraTS's 1 mm so the demo is fast
     healthy_fraction: float = 0.1  # subjects generated without a tumour
-    seed: int = 0
+    seed: int = 0  # seeds the phantom cohort: same settings and seed, same cohort
+    # Subject ids are "<id_prefix>_0000", ...; scanner sites "<id_prefix>-scanner-<k>" unless
+    # the default. A public cohort uses its own prefix so no id can collide with a site's.
+    id_prefix: str = "phantom"
 
 
 @dataclass
@@ -47,7 +68,7 @@ class SplitConfig:
     test_fraction: float = 0.2  # held-out patients, never used for training by anyone
     alpha: float = 0.5  # Dirichlet concentration (quantity skew) for policy "dirichlet"
     site_csv: str | None = None  # CSV with columns subject,site for policy "by-site" on real data
-    seed: int = 0
+    seed: int = 0  # seeds the test draw and the iid/dirichlet deal
 
 
 @dataclass
@@ -61,27 +82,58 @@ class PreprocessConfig:
 
 @dataclass
 class ModelConfig:
-    generator: str = "unet2d"
-    discriminator: str = "patchgan2d"
+    generator: str = "unet2d"  # a name in fedsynth.common.models.registry.GENERATORS
+    discriminator: str = "patchgan2d"  # a name in registry.DISCRIMINATORS
+    # U-Net widths per level, top to bottom (one down-sampling per level after the first)
     generator_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
-    discriminator_channels: int = 32
-    discriminator_layers: int = 3
+    discriminator_channels: int = 32  # width of the PatchGAN's first layer (doubles per layer)
+    discriminator_layers: int = 3  # strided layers: more layers, larger patches
     norm_groups: int = 8  # GroupNorm groups (Opacus-compatible; no BatchNorm)
+    # Pre-trained start (``fedsynth pretrain`` writes RUN/init.safetensors): G, and D where
+    # the file has one, are loaded before training; the server sends this G in round 1.
+    init: str | None = None
+
+
+@dataclass
+class PretrainConfig:
+    """``fedsynth pretrain``: non-DP training on a cohort declared PUBLIC (shares nothing
+    with the sites or the test patients; checked). Its held-out part is public too, so
+    hyper-parameters may be tuned on it."""
+
+    # The demo pre-trains first and federates from it (model.init) when true; `fedsynth
+    # pretrain` and `fedsynth study` always pre-train.
+    enabled: bool = False
+    source: str = "phantom"  # "phantom" (the public phantom cohort below) or "cohort"
+    cohort_dir: str | None = None  # a public BraTS-layout folder when source == "cohort"
+    phantom: PhantomConfig = field(
+        default_factory=lambda: PhantomConfig(
+            subjects=200, sites=3, seed=1000, id_prefix="public", healthy_fraction=0.1
+        )
+    )
+    test_fraction: float = 0.1  # public held-out patients (validation, may be tuned on)
+    steps: int = 3000
+    batch_size: int = 16
+    lr: float = 2e-4
+    eval_every: int = 250  # steps between public held-out evaluations (and sample grids)
+    ema_decay: float = 0.999  # the released generator is this EMA of G's weights
 
 
 @dataclass
 class TrainConfig:
     steps: int = 1000  # optimisation steps (each: one D step and one G step)
     batch_size: int = 8  # expected patients per step (Poisson rate q = batch_size / patients)
-    lr: float = 2e-4
-    beta1: float = 0.5
+    lr: float = 2e-4  # Adam learning rate of G and D
+    beta1: float = 0.5  # Adam betas (pix2pix's)
     beta2: float = 0.999
-    l1_weight: float = 100.0
+    l1_weight: float = 100.0  # weight of G's L1 term against its adversarial term
     gan_loss: str = "lsgan"  # "lsgan" | "bce"
     tumour_slice_prob: float = 0.7  # chance the sampled slice of a patient shows tumour
+    # Views per sampled patient inside its one clipped gradient: 1 (the slice) or 2 (plus
+    # its left-right mirror). Free in privacy: see docs/privacy.md.
+    views: int = 1
     eval_every: int = 100  # steps between held-out image-quality evaluations
-    checkpoint_every: int = 100
-    sample_every: int = 100
+    checkpoint_every: int = 100  # steps between checkpoints (generator, state, privacy.json)
+    sample_every: int = 100  # steps between sample grids (samples/step_<step>.png)
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     # Central trainer only: train on every site's training patients ("all") or one ("site-k").
     site: str = "all"
@@ -91,25 +143,29 @@ class TrainConfig:
 
 @dataclass
 class PrivacyConfig:
-    enabled: bool = True
-    target_epsilon: float = 10.0
-    delta: float = 1e-5
+    enabled: bool = True  # patient-level DP-SGD on both GAN steps; False: no DP (epsilon inf)
+    target_epsilon: float = 10.0  # per patient, over the whole planned run; calibrates sigma
+    delta: float = 1e-5  # must be well below 1 / patients at a site
     max_grad_norm: float = 1.0
     accountant: str = "rdp"  # "rdp" | "prv"
+    # Generator parameters trained (and noised, clipped) at the sites: "all" | "norm+bias" |
+    # "decoder" | "head" (fedsynth.common.gan.trainable). Few parameters from a public
+    # pre-training (model.init) spend a small budget far better than "all" from scratch.
+    trainable: str = "all"
 
 
 @dataclass
 class FederationConfig:
-    rounds: int = 10
-    local_steps: int = 50
+    rounds: int = 10  # federated rounds
+    local_steps: int = 50  # training steps at each site per round
     # A name in fedsynth.server.strategy.STRATEGIES, checked against it when a run starts
     # (the registry imports Flower, which the config module must not).
     aggregation: str = "fedavg"
     trim_fraction: float = 0.2  # for trimmed-mean
     min_sites: int = 2  # a round with fewer successful sites fails
-    round_timeout_s: float = 3600.0
-    client_cpus: float = 1.0
-    client_gpus: float = 0.0
+    round_timeout_s: float = 3600.0  # a site that has not replied by then loses its update
+    client_cpus: float = 1.0  # simulation only: CPUs (Ray) reserved per simulated site
+    client_gpus: float = 0.0  # simulation only: GPU fraction per simulated site
 
 
 @dataclass
@@ -136,6 +192,23 @@ class SynthesisConfig:
     p_translate: float = 0.5  # move the tumour inside the brain
     max_shift_mm: float = 20.0  # per axis, uniform in [-max, max]
     p_remove: float = 0.1  # remove the tumour: a healthy case
+
+
+TRAINABLE_CHOICES: tuple[str, ...] = ("all", "norm+bias", "decoder", "head")
+STUDY_ARMS: tuple[str, ...] = (  # "public-only" | "finetune:<trainable>:<eps>" | "scratch:..."
+    "public-only",
+    *(f"finetune:{t}:{e}" for t in ("norm+bias", "decoder") for e in ("inf", "8", "4", "1")),
+    "scratch:all:8",
+)
+
+
+@dataclass
+class StudyConfig:
+    """``fedsynth study``: generator arms compared on the same held-out patients."""
+
+    arms: list[str] = field(default_factory=lambda: list(STUDY_ARMS))
+    segmentation: bool = True  # per arm: synthesise, then the benchmark's synthetic arms
+    audit: bool = True  # per arm: membership inference and memorisation audit
 
 
 BENCHMARK_ARMS: tuple[str, ...] = (
@@ -170,8 +243,8 @@ class BenchmarkConfig:
 
 @dataclass
 class Config:
-    seed: int = 0
-    name: str = "fedsynth"
+    seed: int = 0  # the run's seed: weight initialisation, patient sampling, evaluation slices
+    name: str = "fedsynth"  # run name: labels outputs and default run directories
     data: DataConfig = field(default_factory=DataConfig)
     phantom: PhantomConfig = field(default_factory=PhantomConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -182,11 +255,13 @@ class Config:
     federation: FederationConfig = field(default_factory=FederationConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
 
-_ = MISSING  # re-exported for sections that add required keys later
-
-# (key, predicate, description) checked after parsing; the key names the offending value.
+# Value checks after parsing (OmegaConf has checked names and types); each error names the key.
+# Keys whose values name a registered class are checked by their registry instead
+# (federation.aggregation: fedsynth.server.strategy.STRATEGIES; model.*: models/registry.py).
 _CHOICES: dict[str, Sequence[str]] = {
     "data.source": ("phantom", "cohort"),
     "split.policy": ("iid", "dirichlet", "by-site"),
@@ -195,6 +270,8 @@ _CHOICES: dict[str, Sequence[str]] = {
     "privacy.accountant": ("rdp", "prv"),
     "synthesis.label_source": ("atlas", "cohort"),
     "synthesis.device": ("auto", "cpu", "cuda"),
+    "pretrain.source": ("phantom", "cohort"),
+    "privacy.trainable": TRAINABLE_CHOICES,
 }
 _POSITIVE = [
     "phantom.subjects", "phantom.sites", "phantom.voxel_size", "split.sites", "split.alpha",
@@ -202,13 +279,14 @@ _POSITIVE = [
     "train.checkpoint_every", "train.sample_every", "privacy.target_epsilon", "privacy.delta",
     "privacy.max_grad_norm", "federation.rounds", "federation.local_steps",
     "federation.min_sites", "federation.round_timeout_s", "model.discriminator_channels",
-    "model.discriminator_layers", "model.norm_groups",
+    "model.discriminator_layers", "model.norm_groups", "pretrain.steps", "pretrain.batch_size",
+    "pretrain.lr", "pretrain.eval_every", "pretrain.phantom.subjects",
 ]  # fmt: skip
 _UNIT_INTERVAL = [  # closed [0, 1]
     "phantom.healthy_fraction", "preprocess.min_brain_fraction", "train.tumour_slice_prob",
     "train.beta1", "train.beta2",
 ]  # fmt: skip
-_OPEN_UNIT_INTERVAL = ["split.test_fraction", "privacy.delta"]  # open (0, 1)
+_OPEN_UNIT_INTERVAL = ["split.test_fraction", "privacy.delta", "pretrain.test_fraction"]
 
 
 def _get(cfg: Config, dotted: str) -> Any:
@@ -239,6 +317,8 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError("preprocess.lower_percentile", "need 0 <= lower < upper <= 100")
     if cfg.train.site != "all" and site_index(cfg.train.site) is None:
         raise ConfigError("train.site", f"must be 'all' or 'site-<k>', got {cfg.train.site!r}")
+    if cfg.train.views not in (1, 2):
+        raise ConfigError("train.views", f"must be 1 or 2 (slice, mirror), got {cfg.train.views}")
     for key in ("train.eval_slices", "train.sample_slices"):
         if _get(cfg, key) < 0:
             raise ConfigError(key, f"must be >= 0, got {_get(cfg, key)}")
@@ -246,10 +326,43 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError("preprocess.image_size", "must be a multiple of 16 (U-Net depth)")
     if cfg.data.source == "cohort" and not cfg.data.cohort_dir:
         raise ConfigError("data.cohort_dir", "required when data.source is 'cohort'")
+    if not 0.0 <= cfg.pretrain.ema_decay < 1.0:
+        raise ConfigError("pretrain.ema_decay", f"must be in [0, 1), got {cfg.pretrain.ema_decay}")
+    if cfg.pretrain.source == "cohort" and not cfg.pretrain.cohort_dir:
+        raise ConfigError("pretrain.cohort_dir", "required when pretrain.source is 'cohort'")
+    for key in ("phantom.id_prefix", "pretrain.phantom.id_prefix"):
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", _get(cfg, key)):
+            raise ConfigError(key, f"must be letters and digits, got {_get(cfg, key)!r}")
     if not cfg.model.generator_channels or min(cfg.model.generator_channels) <= 0:
         raise ConfigError("model.generator_channels", "must be a non-empty list of positive ints")
     _check_synthesis(cfg.synthesis)
+    for arm in cfg.study.arms:
+        check_study_arm(arm)
     _check_benchmark(cfg.benchmark)
+
+
+def check_study_arm(arm: str) -> tuple[str, str, float]:
+    """ "public-only" | "finetune:<trainable>:<eps>" | "scratch:<trainable>:<eps>" ->
+    (kind, trainable, epsilon; inf = no DP); ConfigError naming study.arms otherwise."""
+    if arm == "public-only":
+        return arm, "none", math.inf
+    parts = arm.split(":")
+    try:
+        kind, trainable, eps = parts[0], parts[1], float(parts[2])
+    except (IndexError, ValueError):
+        kind, trainable, eps = "?", "?", math.nan
+    if (
+        len(parts) != 3
+        or kind not in ("finetune", "scratch")
+        or trainable not in TRAINABLE_CHOICES
+        or not eps > 0
+    ):
+        raise ConfigError(
+            "study.arms",
+            f"{arm!r}: use public-only, finetune:<trainable>:<epsilon> or scratch:<trainable>:"
+            f"<epsilon> with trainable in {', '.join(TRAINABLE_CHOICES)} and epsilon > 0 or inf",
+        )
+    return kind, trainable, eps
 
 
 def _check_synthesis(syn: SynthesisConfig) -> None:

@@ -44,6 +44,15 @@ class PrivacyBudgetError(FedsynthError):
     """Taking the requested steps would spend more privacy than the budget allows."""
 
 
+class IncompleteRunError(FedsynthError):
+    """A training run stopped before its planned rounds; its run directory can be resumed."""
+
+    def __init__(self, run_dir: str | Path, problem: str):
+        self.path = Path(run_dir)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
 class OutputExistsError(FedsynthError):
     """An output directory exists and the caller did not ask to overwrite or resume it."""
 

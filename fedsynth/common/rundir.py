@@ -37,8 +37,13 @@ budget, each with ``done.json`` when finished), ``sweep.csv``, ``sweep.md``, ``p
 ``report.html``.
 
 A **demo** folder (``fedsynth demo``), class ``DemoDir``: ``config.yaml``,
-``stages/<stage>.json`` (a finished stage), ``cohort_preview.png``, ``federated/`` (a training
-run) and ``synthetic/`` (its synthetic cohort).
+``stages/<stage>.json`` (a finished stage), ``cohort_preview.png``, ``pretrain/`` (a
+pre-training folder, when pretrain.enabled), ``federated/`` (a training run) and ``synthetic/`` (its synthetic cohort).
+
+A **pre-training** folder (``fedsynth pretrain``): a training run (``config.yaml``,
+``metrics.jsonl``, ``samples/``, ``plots/``) plus ``PUBLIC_DATA_FILE`` (which public cohort,
+its manifest hash, the disjointness check) and ``INIT_FILE`` (the EMA generator and the
+discriminator with that provenance: what ``model.init`` names).
 
 A **site state** folder (a SuperNode's ``state-dir``, never leaves the site):
 ``SITE_TRAINER_STATE`` (G, D, optimisers, accountant, RNGs) and ``SITE_LAST_REPLY``.
@@ -78,6 +83,8 @@ BENCHMARK_DIR = "benchmark"
 AUDIT_DIR = "audit"
 REPORT_FILE = "report.html"
 DONE_FILE = "done.json"  # a finished sweep budget or baseline
+INIT_FILE = "init.safetensors"  # pre-training: starting weights for model.init
+PUBLIC_DATA_FILE = "public.json"  # pre-training: provenance of the public data
 
 SITE_TRAINER_STATE = "trainer.safetensors"  # in a site's state dir
 SITE_LAST_REPLY = "last_reply.safetensors"  # the last reply sent, to resend on a repeat
@@ -251,6 +258,7 @@ class DemoDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.config = self.root / CONFIG_FILE
+        self.pretrain = RunDir(self.root / "pretrain")  # public pre-training (INIT_FILE)
         self.federated = RunDir(self.root / "federated")
         self.synthetic = self.root / SYNTHETIC_DIR
         self.preview = self.root / "cohort_preview.png"

@@ -23,9 +23,15 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedsynth.common.errors import ConfigError, OutputExistsError
 from fedsynth.common.io.atomic import atomic_write_bytes
@@ -72,8 +78,6 @@ def _write_private(path: Path, data: bytes) -> None:
     ``atomic_write_bytes`` gives the file the umask's default mode; a umask of 077 while
     writing makes that 0600, so the key is never readable by others, not even briefly.
     """
-    import os
-
     old = os.umask(0o077)
     try:
         atomic_write_bytes(path, data)
@@ -83,9 +87,6 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _name(common_name: str):
-    from cryptography import x509
-    from cryptography.x509.oid import NameOID
-
     return x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedsynth development"),
@@ -95,8 +96,6 @@ def _name(common_name: str):
 
 
 def _subject_alt_names(server_host: str) -> list:
-    from cryptography import x509
-
     entries: list = []
     for host in dict.fromkeys(["localhost", "127.0.0.1", "::1", server_host]):
         try:
@@ -107,10 +106,6 @@ def _subject_alt_names(server_host: str) -> list:
 
 
 def _build_ca(now: dt.datetime):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     key = ec.generate_private_key(ec.SECP384R1())
     name = _name("fedsynth development CA")
     cert = (
@@ -133,11 +128,6 @@ def _build_ca(now: dt.datetime):
 
 
 def _build_server(ca_key, ca_cert, server_host: str, now: dt.datetime):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-
     key = ec.generate_private_key(ec.SECP384R1())
     cert = (
         x509.CertificateBuilder()
@@ -160,9 +150,6 @@ def _build_server(ca_key, ca_cert, server_host: str, now: dt.datetime):
 
 def make_site_key(out_dir: Path, name: str) -> SiteKeys:
     """Write ``auth.key`` (0600) and ``auth.pub`` for one site into ``out_dir``."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     key = ec.generate_private_key(ec.SECP384R1())
     private = key.private_bytes(
         serialization.Encoding.PEM,
@@ -189,8 +176,6 @@ def make_dev_certificates(
     Raises OutputExistsError if ``out/ca.crt`` exists and not ``overwrite`` (replacing a CA
     would silently invalidate every site's ``--root-certificates``).
     """
-    from cryptography.hazmat.primitives import serialization
-
     out = Path(out).expanduser()
     if not server_host or any(c.isspace() for c in server_host):
         raise ConfigError("--server-host", f"{server_host!r} is not a host name or IP address")
@@ -223,8 +208,6 @@ def make_dev_certificates(
 
 def check_root_certificate(path: str | Path) -> str:
     """Read a PEM CA certificate (bundle); return a one-line summary or raise ConfigError."""
-    from cryptography import x509
-
     path = Path(path).expanduser()
     try:
         certs = x509.load_pem_x509_certificates(path.read_bytes())
@@ -253,9 +236,6 @@ def check_auth_key(path: str | Path) -> str:
     Raises ConfigError naming the file when it is unreadable, not an OpenSSH EC key on a NIST
     curve, or readable by group/others.
     """
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     path = Path(path).expanduser()
     try:
         key = serialization.load_ssh_private_key(path.read_bytes(), None)

@@ -20,11 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsynth.common.config import Config, config_to_yaml, load_config
 from fedsynth.common.errors import ConfigError
+from fedsynth.common.gan.init import apply_init, load_init
+from fedsynth.common.models.registry import build_generator
 from fedsynth.common.rundir import RunDir
 from fedsynth.server import checkpointing
 from fedsynth.server.evaluation import HeldOutEvaluator
@@ -68,13 +71,13 @@ def _find_config(name: str) -> Path:
 
 
 def initial_generator(cfg: Config) -> dict[str, np.ndarray]:
-    """A freshly initialised generator (seeded by ``cfg.seed``) as name -> float32 array."""
-    import torch
-
-    from fedsynth.common.models.registry import build_generator
+    """The round-1 generator as name -> float32 array: ``model.init``'s pre-trained weights,
+    or a fresh one seeded by ``cfg.seed``."""
 
     torch.manual_seed(cfg.seed)
     model = build_generator(cfg.model)
+    if cfg.model.init:  # pre-trained on public data: sent to every site in round 1
+        apply_init(load_init(cfg.model.init, cfg.model, cfg.preprocess.image_size), model, None)
     return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
 
 

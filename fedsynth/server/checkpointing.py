@@ -22,10 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from fedsynth.common.config import Config
 from fedsynth.common.errors import CheckpointError
+from fedsynth.common.io import checkpoints as checkpoint_files
 from fedsynth.common.io.atomic import atomic_write_json, atomic_write_text
+from fedsynth.common.models.registry import architecture_hash
 from fedsynth.common.rundir import RunDir
 
 KEEP_ROUNDS = 3  # round checkpoints kept (older ones are deleted; latest.json names the newest)
@@ -47,12 +50,8 @@ def save_generator(
     path: Path, weights: dict[str, np.ndarray], cfg: Config, *, step: int, extra: dict[str, Any]
 ) -> Path:
     """The global generator in the central trainer's checkpoint format (synthesis loads it)."""
-    import torch
 
-    from fedsynth.common.io.checkpoints import save_checkpoint
-    from fedsynth.common.models.registry import architecture_hash
-
-    return save_checkpoint(
+    return checkpoint_files.save_checkpoint(
         path,
         {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()},
         architecture=cfg.model.generator,
@@ -64,9 +63,7 @@ def save_generator(
 
 def load_generator(path: Path) -> dict[str, np.ndarray]:
     """Generator weights (name -> float32 array) of a checkpoint; CheckpointError if unfit."""
-    from fedsynth.common.io.checkpoints import load_checkpoint
-
-    return {k: v.numpy() for k, v in load_checkpoint(path).tensors.items()}
+    return {k: v.numpy() for k, v in checkpoint_files.load_checkpoint(path).tensors.items()}
 
 
 def save_checkpoint(

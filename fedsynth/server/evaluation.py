@@ -12,8 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from fedsynth.common.config import Config
+from fedsynth.common.data.cache import site_slices
+from fedsynth.common.data.cohort import load_split, resolve_cohort
+from fedsynth.common.data.datasets import fixed_eval_slices
+from fedsynth.common.gan.evaluation import eval_indices, evaluate_quality, save_sample_grid
+from fedsynth.common.models.registry import build_generator
+from fedsynth.common.rundir import RunDir
 
 
 def due(round_: int, rounds: int, local_steps: int, every: int) -> bool:
@@ -38,13 +45,7 @@ class HeldOutEvaluator:
         self._generator: Any = None
 
     def _data(self) -> tuple[Any, np.ndarray, np.ndarray]:
-        from fedsynth.common.data.datasets import fixed_eval_slices
-        from fedsynth.common.gan.evaluation import eval_indices
-
         if self._test is None:
-            from fedsynth.common.data.cache import site_slices
-            from fedsynth.common.data.cohort import load_split, resolve_cohort
-
             self._test = site_slices(
                 self.cfg, list(load_split(resolve_cohort(self.cfg)).test), "test"
             )
@@ -57,9 +58,6 @@ class HeldOutEvaluator:
 
     def generate_fn(self, weights: dict[str, np.ndarray]) -> Any:
         """cond (B, 7, S, S) -> images (B, 4, S, S) with the given generator weights."""
-        import torch
-
-        from fedsynth.common.models.registry import build_generator
 
         if self._generator is None:
             self._generator = build_generator(self.cfg.model).eval()
@@ -75,15 +73,10 @@ class HeldOutEvaluator:
 
     def quality(self, weights: dict[str, np.ndarray]) -> dict[str, Any]:
         """{"quality": {contrast: {mae, psnr, ssim}}, "mean": {...}, "slices": n}."""
-        from fedsynth.common.gan.evaluation import evaluate_quality
-
         test, _, scored = self._data()
         return evaluate_quality(self.generate_fn(weights), test, scored)
 
     def __call__(self, round_: int, weights: dict[str, np.ndarray]) -> dict[str, Any]:
-        from fedsynth.common.gan.evaluation import save_sample_grid
-        from fedsynth.common.rundir import RunDir
-
         fed, t = self.cfg.federation, self.cfg.train
         if due(round_, fed.rounds, fed.local_steps, t.sample_every):
             test, grid, _ = self._data()

@@ -25,7 +25,7 @@ from typing import Any
 from fedsynth.audit.writer import run_audit
 from fedsynth.benchmark.runner import run_benchmark
 from fedsynth.common.config import Config, config_to_yaml
-from fedsynth.common.errors import FedsynthError
+from fedsynth.common.errors import IncompleteRunError
 from fedsynth.common.io.atomic import atomic_write_json, atomic_write_text
 from fedsynth.common.rundir import SweepDir
 from fedsynth.report.html import write_sweep_report
@@ -64,7 +64,7 @@ def run_budget(cfg: Config, epsilon: float, out: Path) -> dict[str, Any]:
     bcfg = budget_config(cfg, epsilon)
     rounds = simulate(bcfg, run_dir)
     if rounds < bcfg.federation.rounds:
-        raise FedsynthError(f"{run_dir}: federated training stopped after round {rounds}")
+        raise IncompleteRunError(run_dir, f"federated training stopped after round {rounds}")
     checkpoint = run.generator
     synthetic = run.synthetic
     if synthetic.exists():  # a half-finished earlier attempt: atomic, so complete or absent

@@ -15,6 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+
 from fedsynth.common.io.atomic import atomic_write_text, save_figure
 from fedsynth.common.metrics.segmentation import REGIONS
 from fedsynth.common.rundir import RunDir, SweepDir
@@ -101,13 +103,10 @@ def _x(rows: list[dict[str, Any]]) -> tuple[list[float], list[str]]:
 
 
 def plot_dice(rows, baselines, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     xs, labels = _x(rows)
-    fig, axes = plt.subplots(1, len(REGIONS), figsize=(4.2 * len(REGIONS), 3.4), sharey=True)
+    fig = Figure(figsize=(4.2 * len(REGIONS), 3.4))
+    axes = fig.subplots(1, len(REGIONS), sharey=True)
     for ax, region in zip(axes, REGIONS, strict=True):
         for arm in SYNTHETIC_ARMS:
             ys = [r[f"{arm}_dice_{region}"] for r in rows]
@@ -122,17 +121,13 @@ def plot_dice(rows, baselines, path: Path) -> None:
     axes[-1].legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
-    plt.close(fig)
 
 
 def plot_quality_and_leakage(rows, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     xs, labels = _x(rows)
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    fig = Figure(figsize=(12, 3.4))
+    axes = fig.subplots(1, 3)
     for ax, key, title in zip(
         axes, ("mae", "ssim", "membership_auc"),
         ("held-out MAE (lower is better)", "held-out SSIM", "membership-inference AUC"),
@@ -146,7 +141,6 @@ def plot_quality_and_leakage(rows, path: Path) -> None:
     axes[2].set_ylim(0.0, 1.0)  # the full range: small differences around 0.5 are noise here
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
-    plt.close(fig)
 
 
 def write_summary(out: Path, epsilons: list[float]) -> Path:

@@ -15,10 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
 
 from fedsynth import __version__
 from fedsynth.common.config import Config
 from fedsynth.common.data.brats import MODALITIES
+from fedsynth.common.data.preprocess import display_view
+from fedsynth.common.io.atomic import save_figure
 from fedsynth.common.rundir import RunDir
 
 DATASHEET_VERSION = 1
@@ -160,21 +164,13 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 def write_contact_sheet(samples: list[Any], path: Path) -> None:
     """PNG: one row per sample case (largest-tumour slice): condition map, then T1, T1c, T2, FLAIR."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-
-    from fedsynth.common.data.preprocess import display_view
-    from fedsynth.common.io.atomic import save_figure
-
     # bg, CSF, GM, WM, necrotic, oedema, enhancing
     cmap = ListedColormap(
         ["black", "#2b4c7e", "#7a7a7a", "#d9d9d9", "#d62728", "#2ca02c", "#ffdd00"]
     )
     rows = max(len(samples), 1)
-    fig, axes = plt.subplots(rows, 5, figsize=(10, 2.1 * rows), squeeze=False)
+    fig = Figure(figsize=(10, 2.1 * rows))
+    axes = fig.subplots(rows, 5, squeeze=False)
     for r, s in enumerate(samples):
         cond = np.where(s.labels > 0, s.labels.astype(int) + 3, s.tissue.astype(int))
         axes[r, 0].imshow(display_view(cond), cmap=cmap, vmin=0, vmax=6, interpolation="nearest")
@@ -188,4 +184,3 @@ def write_contact_sheet(samples: list[Any], path: Path) -> None:
         ax.set_yticks([])
     fig.tight_layout()
     save_figure(fig, path, dpi=80)
-    plt.close(fig)

@@ -22,12 +22,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from fedsynth.common.config import Config
 from fedsynth.common.data import brats
 from fedsynth.common.data.brats import BRATS2021, MODALITIES, SEG
+from fedsynth.common.data.datasets import condition_channels
+from fedsynth.common.data.phantom import manifest_text
+from fedsynth.common.data.preprocess import (
+    bounding_box,
+    pad_to_square,
+    resize_images,
+    resize_nearest,
+)
+from fedsynth.common.errors import OutputExistsError
+from fedsynth.common.gan.trainer import resolve_device
 from fedsynth.common.io.atomic import atomic_directory, atomic_write_json, atomic_write_text
+from fedsynth.common.io.nifti import save_volume
 from fedsynth.synthesis.case import LabelCase
+from fedsynth.synthesis.datasheet import build_datasheet, write_contact_sheet
+from fedsynth.synthesis.generator_io import load_generator
+from fedsynth.synthesis.label_bank import build_label_bank, synthetic_label_cases
 from fedsynth.synthesis.pipeline import BackgroundWriter, prefetch
 
 log = logging.getLogger(__name__)
@@ -57,8 +73,6 @@ class SliceStack:
 
 def slice_case(case: LabelCase, size: int) -> SliceStack:
     """Every axial slice of ``case`` that shows brain, as the generator saw training slices."""
-    from fedsynth.common.data.preprocess import bounding_box, pad_to_square, resize_nearest
-
     bbox = bounding_box(case.brain)
     x0, x1, y0, y1, z0, z1 = bbox
     keep = np.flatnonzero(case.brain[x0:x1, y0:y1, z0:z1].any(axis=(0, 1))) + z0
@@ -78,8 +92,6 @@ def unslice(fake: np.ndarray, stack: SliceStack, case: LabelCase) -> np.ndarray:
     Inverse of ``slice_case``: resize to the padded square, remove the padding, put each
     slice back at its z. Voxels outside the brain are -1.
     """
-    from fedsynth.common.data.preprocess import resize_images
-
     x0, x1, y0, y1, _, _ = stack.bbox
     h, w = x1 - x0, y1 - y0
     full = resize_images(fake, stack.side)  # (Z, 4, L, L)
@@ -107,10 +119,6 @@ def slices_per_batch(batch_size: int, image_size: int, device: Any) -> int:
 
 def generate_slices(module: Any, stack: SliceStack, batch_size: int, device: Any) -> np.ndarray:
     """Run the generator on a stack: float32 (Z, 4, S, S) in [-1, 1]."""
-    import torch
-
-    from fedsynth.common.data.datasets import condition_channels
-
     batch_size = slices_per_batch(batch_size, stack.tissue.shape[-1], device)
     out = []
     with torch.inference_mode():
@@ -132,8 +140,6 @@ def to_stored_intensity(volumes: np.ndarray, brain: np.ndarray) -> np.ndarray:
 
 def write_case(folder: Path, case_id: str, case: LabelCase, stored: np.ndarray) -> None:
     """One synthetic case in BraTS 2021 naming (enhancing stored as 4) + its tissue map."""
-    from fedsynth.common.io.nifti import save_volume
-
     for k, modality in enumerate(MODALITIES):
         save_volume(
             folder / BRATS2021.filename(case_id, modality), stored[k], case.affine, np.int16
@@ -184,15 +190,6 @@ def synthesize(
     device). Raises OutputExistsError if ``out`` exists and not ``overwrite`` (checked before
     any work), CheckpointError for a bad checkpoint, DataError for a bad cohort label source.
     """
-    import torch
-    from tqdm import tqdm
-
-    from fedsynth.common.data.phantom import manifest_text
-    from fedsynth.common.errors import OutputExistsError
-    from fedsynth.common.gan.trainer import resolve_device
-    from fedsynth.synthesis.datasheet import build_datasheet, write_contact_sheet
-    from fedsynth.synthesis.generator_io import load_generator
-    from fedsynth.synthesis.label_bank import build_label_bank, synthetic_label_cases
 
     out = Path(out)
     n = cfg.synthesis.cases if cases is None else cases

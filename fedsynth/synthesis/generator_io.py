@@ -20,6 +20,8 @@ from typing import Any
 
 from fedsynth.common.config import Config, ModelConfig
 from fedsynth.common.errors import CheckpointError, ConfigError
+from fedsynth.common.io.checkpoints import load_checkpoint, load_module_state, unprefixed
+from fedsynth.common.models.registry import architecture_hash, build_generator
 from fedsynth.common.rundir import RunDir, find_run_dir
 
 
@@ -99,9 +101,6 @@ def load_generator(path: str | Path, fallback: Config | None = None) -> LoadedGe
     run directory does. Raises CheckpointError naming the file for a missing, corrupted or
     foreign file, or weights that do not fit the architecture they claim.
     """
-    from fedsynth.common.io.checkpoints import load_checkpoint, load_module_state, unprefixed
-    from fedsynth.common.models.registry import architecture_hash, build_generator
-
     path = Path(path)
     ckpt = load_checkpoint(path)  # CheckpointError for missing, corrupted or foreign files
     run_dir = find_run_dir(path)

@@ -24,7 +24,12 @@ from typing import Any
 import numpy as np
 
 from fedsynth.common.config import Config, SynthesisConfig, expand_path
+from fedsynth.common.data import phantom_anatomy as pa
+from fedsynth.common.data import phantom_tumour as pt
+from fedsynth.common.data import preprocess, tissue
+from fedsynth.common.data.brats import discover_cases
 from fedsynth.common.errors import DataError
+from fedsynth.common.io.nifti import load_case, load_volume
 from fedsynth.synthesis.case import ATLAS, COHORT, LabelCase
 from fedsynth.synthesis.edits import apply_random_edits
 
@@ -88,9 +93,6 @@ def atlas_case(index: int, voxel_size: float, seed: int, with_tumour: bool) -> L
     Deterministic for (index, voxel_size, seed). Grid: the phantom template grid at
     ``voxel_size`` mm (RAS, MNI world coordinates).
     """
-    from fedsynth.common.data import phantom_anatomy as pa
-    from fedsynth.common.data import phantom_tumour as pt
-
     template = pa.load_template(voxel_size)
     rng = np.random.default_rng([seed, 11, index])
     coords = pa.subject_coordinates(rng, template)
@@ -158,9 +160,6 @@ def cohort_case(case_files: Any, tissue_seed: int = 0) -> LabelCase:
     (``tissue.compute_tissue`` on the window-normalised images). Raises DataError naming the
     file for unreadable or invalid data.
     """
-    from fedsynth.common.data import preprocess, tissue
-    from fedsynth.common.io.nifti import load_case
-
     loaded = load_case(case_files, labels_optional=True)
     brain = preprocess.brain_mask(loaded.images, loaded.seg)
     if not brain.any():
@@ -187,8 +186,6 @@ def cohort_case(case_files: Any, tissue_seed: int = 0) -> LabelCase:
 
 
 def _has_tumour(case_files: Any) -> bool:
-    from fedsynth.common.io.nifti import load_volume
-
     if case_files.seg is None:
         return False
     seg, _ = load_volume(case_files.seg)
@@ -203,8 +200,6 @@ def cohort_bank(
     Reads every label file once to know which cases have a tumour; the rest is loaded on
     demand. Raises DataError for a missing folder, unknown subjects or no usable case.
     """
-    from fedsynth.common.data.brats import discover_cases
-
     root = expand_path(cohort_dir)
     found = {c.case_id: c for c in discover_cases(root)}
     if subjects is not None:

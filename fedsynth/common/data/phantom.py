@@ -70,15 +70,34 @@ class PhantomSubject:
     tumour: TumourSpec | None  # None: healthy subject
 
 
-def subject_id(index: int) -> str:
-    return f"phantom_{index:04d}"
+DEFAULT_PREFIX = "phantom"
+
+
+def subject_id(index: int, prefix: str = DEFAULT_PREFIX) -> str:
+    return f"{prefix}_{index:04d}"
+
+
+def scanner_names(cfg: PhantomConfig) -> list[str]:
+    """Scanner site names: "scanner-<k>", or "<id_prefix>-scanner-<k>" for another prefix
+    (a public cohort's scanners are then never confused with the sites')."""
+    lead = "" if cfg.id_prefix == DEFAULT_PREFIX else f"{cfg.id_prefix}-"
+    return [f"{lead}scanner-{k}" for k in range(cfg.sites)]
+
+
+def cohort_site_profiles(cfg: PhantomConfig) -> list[SiteProfile]:
+    """The scanner profiles of a cohort, named by ``scanner_names``."""
+    return [
+        dataclasses.replace(p, name=n)
+        for p, n in zip(site_profiles(cfg.seed, cfg.sites), scanner_names(cfg), strict=True)
+    ]
 
 
 def phantom_settings_hash(cfg: PhantomConfig) -> str:
     """Short hash of everything that determines a phantom cohort's files."""
-    payload = json.dumps(
-        {"version": PHANTOM_VERSION, **dataclasses.asdict(cfg)}, sort_keys=True
-    ).encode()
+    settings = dataclasses.asdict(cfg)
+    if settings["id_prefix"] == DEFAULT_PREFIX:  # cohorts made before the prefix keep their hash
+        del settings["id_prefix"]
+    payload = json.dumps({"version": PHANTOM_VERSION, **settings}, sort_keys=True).encode()
     return hashlib.sha256(payload).hexdigest()[:16]
 
 
@@ -123,7 +142,7 @@ def plan_subjects(
                 mean_radius_mm=site.mean_radius_mm,
                 high_grade_prob=site.high_grade_prob,
             )
-        plan.append(PhantomSubject(subject_id(i), site.name, tumour))
+        plan.append(PhantomSubject(subject_id(i, cfg.id_prefix), site.name, tumour))
     return plan
 
 
@@ -206,7 +225,7 @@ def generate_phantom_cohort(out: Path, cfg: PhantomConfig, overwrite: bool = Fal
     check_phantom_config(cfg)
     out = Path(out)
     template = load_template(float(cfg.voxel_size))
-    sites = site_profiles(cfg.seed, cfg.sites)
+    sites = cohort_site_profiles(cfg)
     by_name = {s.name: s for s in sites}
     plan = plan_subjects(cfg, sites, template)
     with atomic_directory(out, overwrite=overwrite) as tmp:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from fedsynth.common.data.brats import MODALITIES
 from fedsynth.common.data.datasets import condition_channels
@@ -38,7 +39,8 @@ def eval_indices(cache: Any, n: int, seed: int) -> np.ndarray:
     return np.sort(np.asarray(picked, dtype=np.int64))
 
 
-def _batch(cache: Any, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def slice_batch(cache: Any, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cond float32 (n, 7, S, S) one-hot, real float32 (n, 4, S, S) in [-1, 1]) of slices."""
     cond = condition_channels(cache.tissue[indices], cache.labels[indices])
     real = np.ascontiguousarray(cache.images[indices], dtype=np.float32)
     return torch.from_numpy(cond), torch.from_numpy(real)
@@ -48,7 +50,7 @@ def evaluate_quality(generate: Generate, cache: Any, indices: np.ndarray) -> dic
     """{"quality": {contrast: {mae, psnr, ssim}}, "mean": {mae, psnr, ssim}, "slices": n}."""
     if len(indices) == 0:
         return {"quality": {}, "mean": {}, "slices": 0}
-    cond, real = _batch(cache, indices)
+    cond, real = slice_batch(cache, indices)
     quality = image_quality(generate(cond), real)
     return {"quality": quality, "mean": mean_over_contrasts(quality), "slices": int(len(indices))}
 
@@ -78,19 +80,15 @@ def save_sample_grid(
     generate: Generate, cache: Any, indices: np.ndarray, path: str | Path, title: str = ""
 ) -> Path:
     """PNG, one row per slice: label map | real and fake for each contrast."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if len(indices) == 0:
         raise ValueError("no held-out slices to show")
-    cond, real = _batch(cache, indices)
+    cond, real = slice_batch(cache, indices)
     mosaic = sample_mosaic(cond, real, generate(cond))
     size = cond.shape[-1]
     cols = 1 + 2 * len(MODALITIES)
     # One axes with one image: far cheaper than a subplot per panel.
-    fig, ax = plt.subplots(figsize=(1.2 * cols, 1.2 * len(indices) + 0.5))
+    fig = Figure(figsize=(1.2 * cols, 1.2 * len(indices) + 0.5))
+    ax = fig.subplots()
     ax.imshow(mosaic, interpolation="nearest")
     labels = ["label map"] + [f"{k} {m}" for m in MODALITIES for k in ("real", "fake")]
     ax.set_xticks([size * (i + 0.5) for i in range(cols)], labels, fontsize=7, rotation=30)
@@ -98,5 +96,4 @@ def save_sample_grid(
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
-    plt.close(fig)
     return Path(path)

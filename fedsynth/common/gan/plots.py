@@ -9,19 +9,17 @@ import math
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+
 from fedsynth.common.io.atomic import save_figure
 
 
 def plot_metrics(records: list[dict[str, Any]], out: Path) -> None:
     """plots/losses.png (D, G adversarial, G L1 and epsilon vs step) and plots/quality.png
     (held-out MAE, PSNR, SSIM per contrast vs step)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = [r["step"] for r in records]
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3))
+    fig = Figure(figsize=(14, 3))
+    axes = fig.subplots(1, 4)
     for ax, key, label in zip(
         axes,
         ("loss_d", "loss_g_adv", "loss_g_l1", "epsilon"),
@@ -34,9 +32,9 @@ def plot_metrics(records: list[dict[str, Any]], out: Path) -> None:
         ax.set_xlabel("step")
     fig.tight_layout()
     save_figure(fig, out / "losses.png", dpi=90)
-    plt.close(fig)
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+    fig = Figure(figsize=(12, 3))
+    axes = fig.subplots(1, 3)
     for ax, metric in zip(axes, ("mae", "psnr", "ssim"), strict=True):
         contrasts = sorted({c for r in records for c in r.get("quality", {})})
         for c in contrasts:
@@ -48,4 +46,3 @@ def plot_metrics(records: list[dict[str, Any]], out: Path) -> None:
             ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, out / "quality.png", dpi=90)
-    plt.close(fig)

@@ -73,36 +73,47 @@ def frozen_discriminator(parts: GanParts) -> Iterator[None]:
             parts.dp_d.module.enable_hooks()
 
 
-def train_step(parts: GanParts, cond: torch.Tensor, real: torch.Tensor) -> StepLosses:
-    """One iteration on a batch of B patients: cond (B, 7, S, S) one-hot, real (B, 4, S, S)
-    in [-1, 1]. B may be 0 (empty Poisson sample): with DP both networks still get a
-    noise-only update, without DP nothing changes."""
-    batch = cond.shape[0]
+def train_step(
+    parts: GanParts, cond: torch.Tensor, real: torch.Tensor, views: int = 1
+) -> StepLosses:
+    """One iteration on V views of B patients: cond (V*B, 7, S, S) one-hot, real
+    (V*B, 4, S, S) in [-1, 1], view-major (rows v*B .. v*B + B - 1 are view v of patients
+    0 .. B-1). B may be 0 (empty Poisson sample): with DP both networks still get a
+    noise-only update, without DP nothing changes.
+
+    Views ("augmentation multiplicity", De et al. 2022): a patient's losses are averaged
+    over its V views BEFORE its gradient is clipped, so the patient still contributes one
+    clipped gradient per step and the privacy cost is unchanged (docs/privacy.md).
+    """
+    if cond.shape[0] % views:
+        raise ValueError(f"{cond.shape[0]} rows are not {views} views of the same patients")
+    batch = cond.shape[0] // views
     if batch == 0:
         return _empty_step(parts)
     fake = parts.g(cond)  # forward
-    loss_d = discriminator_step(parts, cond, real, fake.detach())  # D step
+    loss_d = discriminator_step(parts, cond, real, fake.detach(), views)  # D step
     with frozen_discriminator(parts):  # freeze D
-        g_adv, g_l1 = generator_step(parts, cond, real, fake)  # G step
+        g_adv, g_l1 = generator_step(parts, cond, real, fake, views)  # G step
     return StepLosses(loss_d, g_adv, g_l1, batch)
 
 
 def discriminator_step(
-    parts: GanParts, cond: torch.Tensor, real: torch.Tensor, fake: torch.Tensor
+    parts: GanParts, cond: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, views: int = 1
 ) -> float:
     """Update D on real pairs (-> real) and fake pairs (-> fake); returns the mean D loss.
 
-    Real and fake pairs go through D as ONE batch of 2B, so Opacus yields 2B per-sample
-    gradients; PatientDP sums entries i and i + B (patient i's real and fake term) before
-    clipping: both terms belong to patient i.
+    Real and fake pairs go through D as ONE batch of 2VB, so Opacus yields 2VB per-sample
+    gradients; PatientDP sums the 2V entries of patient i (its real and fake term of every
+    view, each weighted 1/V) before clipping: all of them belong to patient i.
     """
-    batch = cond.shape[0]
+    rows = cond.shape[0]
+    batch = rows // views
     parts.opt_d.zero_grad(set_to_none=True)
     logits = parts.d(torch.cat([cond, cond]), torch.cat([real, fake]))
-    terms = parts.loss.discriminator_terms(logits, batch)
+    terms = parts.loss.discriminator_terms(logits, rows) / views
     if parts.dp_d is not None:
         _backward(terms.sum())
-        parts.dp_d.privatise(batch, fold=2)
+        parts.dp_d.privatise(batch, fold=2 * views)
     else:
         (terms.sum() / batch).backward()
     parts.opt_d.step()
@@ -110,17 +121,19 @@ def discriminator_step(
 
 
 def generator_step(
-    parts: GanParts, cond: torch.Tensor, real: torch.Tensor, fake: torch.Tensor
+    parts: GanParts, cond: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, views: int = 1
 ) -> tuple[float, float]:
-    """Update G through the frozen D: fool D on (cond, fake) and stay close to real in L1."""
+    """Update G through the frozen D: fool D on (cond, fake) and stay close to real in L1.
+    Per patient, the loss is the mean over its ``views`` rows (see train_step)."""
     parts.opt_g.zero_grad(set_to_none=True)
     adv, l1 = parts.loss.generator(parts.d(cond, fake), fake, real)
-    per_patient = adv + l1
+    per_row = (adv + l1) / views
+    batch = cond.shape[0] // views
     if parts.dp_g is not None:
-        _backward(per_patient.sum())
-        parts.dp_g.privatise(cond.shape[0])
+        _backward(per_row.sum())
+        parts.dp_g.privatise(batch, fold=views)
     else:
-        per_patient.mean().backward()
+        (per_row.sum() / batch).backward()
     parts.opt_g.step()
     return float(adv.detach().mean()), float(l1.detach().mean())
 

@@ -23,8 +23,10 @@ from tqdm import tqdm
 
 from fedsynth.common.config import Config
 from fedsynth.common.errors import CheckpointError
+from fedsynth.common.gan.init import apply_init, load_init
 from fedsynth.common.gan.losses import Pix2PixLoss
 from fedsynth.common.gan.step import GanParts, StepLosses, train_step
+from fedsynth.common.gan.trainable import select_trainable
 from fedsynth.common.io import checkpoints as ckpt
 from fedsynth.common.models.generator import CONDITION_CHANNELS, IMAGE_CHANNELS
 from fedsynth.common.models.registry import (
@@ -93,6 +95,16 @@ def _patient_sampler(cache: Any, sample_rate: float, cfg: Config, seed: int) -> 
     return PatientSampler(cache, sample_rate, cfg.train.tumour_slice_prob, seed)
 
 
+def with_views(
+    cond: torch.Tensor, real: torch.Tensor, views: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, S, S) -> (views * B, C, S, S), view-major: view 1 is the left-right mirror
+    (axis -2 is x in RAS order), a brain as plausible as the original."""
+    if views == 1:
+        return cond, real
+    return torch.cat([cond, cond.flip(-2)]), torch.cat([real, real.flip(-2)])
+
+
 class LocalTrainer:
     """pix2pix on one group of patients (a site, or all training patients centrally).
 
@@ -129,6 +141,8 @@ class LocalTrainer:
         self.rng = np.random.default_rng(self.seed)
         self.noise_generator = torch.Generator(device=self.device).manual_seed(self.seed + 1)
         self.generator, self.discriminator = self._build_networks()
+        # Freeze what privacy.trainable leaves out BEFORE the DP engines wrap G.
+        self.trainable = select_trainable(self.generator, cfg.privacy.trainable)
         self.noise_multiplier = self._calibrate(where) if self.dp_enabled else 0.0
         self.accountant = PrivacyAccountant(
             kind=cfg.privacy.accountant,
@@ -144,6 +158,9 @@ class LocalTrainer:
             torch.manual_seed(self.seed)
             g = build_generator(self.cfg.model).to(self.device)
             d = build_discriminator(self.cfg.model).to(self.device)
+        if self.cfg.model.init:  # pre-trained on public data (fedsynth pretrain)
+            init = load_init(self.cfg.model.init, self.cfg.model, self.image_size)
+            apply_init(init, g, d)
         return g, d
 
     def _calibrate(self, where: str) -> float:
@@ -174,7 +191,9 @@ class LocalTrainer:
         return GanParts(
             generator=self.generator,
             discriminator=self.discriminator,
-            opt_g=torch.optim.Adam(self.generator.parameters(), lr=t.lr, betas=betas),
+            opt_g=torch.optim.Adam(
+                [p for p in self.generator.parameters() if p.requires_grad], lr=t.lr, betas=betas
+            ),
             opt_d=torch.optim.Adam(self.discriminator.parameters(), lr=t.lr, betas=betas),
             loss=Pix2PixLoss(t.gan_loss, t.l1_weight),
             dp_d=dp_d,
@@ -225,7 +244,9 @@ class LocalTrainer:
             s = self.image_size
             cond = torch.zeros((0, CONDITION_CHANNELS, s, s))
             real = torch.zeros((0, IMAGE_CHANNELS, s, s))
-        losses = train_step(self.parts, cond.to(self.device), real.to(self.device))
+        cond, real = with_views(cond, real, self.cfg.train.views)
+        views = self.cfg.train.views
+        losses = train_step(self.parts, cond.to(self.device), real.to(self.device), views)
         if self.dp_enabled:
             self.accountant.step(
                 noise_multiplier=self.accounted_noise_multiplier, sample_rate=self.sample_rate

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from fedsynth.common.errors import OutputExistsError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -82,8 +84,6 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        from fedsynth.common.errors import OutputExistsError
-
         raise OutputExistsError(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -92,8 +92,6 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
         os.chmod(tmp, _default_mode(is_dir=True))
         if path.exists():
             if not overwrite:  # another process finished first: keep its output, not ours
-                from fedsynth.common.errors import OutputExistsError
-
                 raise OutputExistsError(path)
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -12,43 +12,49 @@ from torch import nn
 from fedsynth.common.config import ModelConfig
 from fedsynth.common.errors import ConfigError
 from fedsynth.common.models.discriminator import ConditionalPatchGAN
-from fedsynth.common.models.generator import UNetGenerator
+from fedsynth.common.models.generator import ResizeConvUNet, UNetGenerator
 
 
-def _unet(cfg: ModelConfig, spatial_dims: int) -> nn.Module:
+def _unet2d(cfg: ModelConfig) -> nn.Module:
     return UNetGenerator(
-        spatial_dims=spatial_dims,
+        spatial_dims=2,
         channels=tuple(cfg.generator_channels),
         norm_groups=cfg.norm_groups,
     )
 
 
-def _patchgan(cfg: ModelConfig, spatial_dims: int) -> nn.Module:
+def _resunet2d(cfg: ModelConfig) -> nn.Module:
+    return ResizeConvUNet(
+        spatial_dims=2,
+        channels=tuple(cfg.generator_channels),
+        norm_groups=cfg.norm_groups,
+    )
+
+
+def _patchgan2d(cfg: ModelConfig) -> nn.Module:
     return ConditionalPatchGAN(
-        spatial_dims=spatial_dims,
+        spatial_dims=2,
         channels=cfg.discriminator_channels,
         num_layers=cfg.discriminator_layers,
         norm_groups=cfg.norm_groups,
     )
 
 
-# name -> (builder, spatial dims). 3-D variants are the same builders with spatial_dims=3.
-GENERATORS: dict[str, tuple[Callable[[ModelConfig, int], nn.Module], int]] = {
-    "unet2d": (_unet, 2),
-    "unet3d": (_unet, 3),
+# name (model.generator / model.discriminator) -> builder. Only 2-D networks: the whole
+# pipeline (slices, trainer, synthesis) is 2-D; a 3-D variant joins with a tested 3-D path.
+Builder = Callable[[ModelConfig], nn.Module]
+GENERATORS: dict[str, Builder] = {
+    "unet2d": _unet2d,
+    "resunet2d": _resunet2d,  # resize-convolution upsampling: no checkerboards
 }
-DISCRIMINATORS: dict[str, tuple[Callable[[ModelConfig, int], nn.Module], int]] = {
-    "patchgan2d": (_patchgan, 2),
-    "patchgan3d": (_patchgan, 3),
-}
+DISCRIMINATORS: dict[str, Builder] = {"patchgan2d": _patchgan2d}
 
 
-def _build(table: dict, name: str, key: str, cfg: ModelConfig) -> nn.Module:
+def _build(table: dict[str, Builder], name: str, key: str, cfg: ModelConfig) -> nn.Module:
     if name not in table:
         raise ConfigError(key, f"unknown network {name!r}; valid: {', '.join(sorted(table))}")
     _check_groups(cfg)
-    builder, dims = table[name]
-    return builder(cfg, dims)
+    return table[name](cfg)
 
 
 def _check_groups(cfg: ModelConfig) -> None:
@@ -77,5 +83,7 @@ def build_discriminator(cfg: ModelConfig) -> nn.Module:
 
 def architecture_hash(cfg: ModelConfig) -> str:
     """Short fingerprint of the model section: checkpoints store it and loading checks it."""
-    blob = json.dumps(asdict(cfg), sort_keys=True).encode()
+    arch = asdict(cfg)
+    arch.pop("init", None)  # where the weights start from is not part of the architecture
+    blob = json.dumps(arch, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

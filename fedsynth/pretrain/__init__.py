@@ -1,0 +1,1 @@
+"""Public pre-training (``fedsynth pretrain``): the generator's starting point, from public data."""
