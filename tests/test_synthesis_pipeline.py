@@ -45,9 +45,8 @@ def test_writer_runs_jobs_in_order_and_raises_their_error():
     def fail() -> None:
         raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):
-        with BackgroundWriter() as writer:
-            writer.submit(fail)
+    with pytest.raises(OSError, match="disk full"), BackgroundWriter() as writer:
+        writer.submit(fail)
 
 
 def test_cpu_batches_are_capped_by_pixels_not_on_cuda():
