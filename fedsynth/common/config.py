@@ -166,6 +166,9 @@ class FederationConfig:
     round_timeout_s: float = 3600.0  # a site that has not replied by then loses its update
     client_cpus: float = 1.0  # simulation only: CPUs (Ray) reserved per simulated site
     client_gpus: float = 0.0  # simulation only: GPU fraction per simulated site
+    # Simulation only: address of a running Ray cluster ("<head ip>:6379") whose nodes run
+    # the simulated sites; null starts a private Ray instance on this machine.
+    ray_address: str | None = None
 
 
 @dataclass
