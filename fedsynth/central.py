@@ -23,12 +23,13 @@ from fedsynth.common.config import Config, config_from_dict
 from fedsynth.common.data.cache import site_slices
 from fedsynth.common.data.cohort import load_split, resolve_cohort
 from fedsynth.common.data.datasets import fixed_eval_slices
-from fedsynth.common.errors import ConfigError
+from fedsynth.common.errors import CheckpointError, ConfigError, TrainingDivergedError
 from fedsynth.common.gan.evaluation import eval_indices, evaluate_quality, save_sample_grid
 from fedsynth.common.gan.plots import plot_metrics
 from fedsynth.common.gan.trainer import LocalTrainer, StepReport
 from fedsynth.common.io.checkpoints import save_checkpoint
 from fedsynth.common.models.registry import architecture_hash
+from fedsynth.common.privacy.binding import PRIVACY_KEY, checkpoint_summary
 from fedsynth.common.privacy.report import describe_epsilon, write_privacy_json
 from fedsynth.common.rundir import RunDir
 
@@ -92,6 +93,7 @@ class CentralRun:
 
     def _after_steps(self, report: StepReport, elapsed: float) -> None:
         step, t = self.trainer.steps_done, self.cfg.train
+        self.check_finite(step)
         final = step >= t.steps
         if step % t.eval_every == 0 or final:
             self.evaluate(report, elapsed)
@@ -102,6 +104,27 @@ class CentralRun:
             )  # fmt: skip
         if step % t.checkpoint_every == 0 or final:
             self.checkpoint()
+
+    def check_finite(self, step: int) -> None:
+        """TrainingDivergedError before anything of a step with NaN/inf weights is written:
+        the previous checkpoint stays the latest (and the released generator)."""
+        bad = [
+            k
+            for k, v in self.trainer.generator.state_dict().items()
+            if v.is_floating_point() and not bool(torch.isfinite(v).all())
+        ]
+        if not bad:
+            return
+        try:
+            last = f"the last good checkpoint is step {self.run.latest_step()} ({self.run.latest})"
+        except CheckpointError:
+            last = "no checkpoint was written before"
+        raise TrainingDivergedError(
+            f"{self.run.root}: training diverged, the generator has non-finite weights after "
+            f"step {step} ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); nothing of "
+            f"this step was saved and {last}. Lower train.lr (now {self.cfg.train.lr:g}) and "
+            "resume or restart"
+        )
 
     def evaluate(self, report: StepReport, elapsed: float) -> dict[str, Any]:
         q = evaluate_quality(self.trainer.generate, self.data.test, self.eval_idx)
@@ -124,13 +147,16 @@ class CentralRun:
         return record
 
     def checkpoint(self) -> None:
-        """Generator (for synthesis) and full state (for resume), then privacy.json, then
-        latest.json: a crash in between leaves the previous checkpoint as the latest. Last,
-        the released copy checkpoints/generator.safetensors (atomic: old or new, never torn)."""
+        """privacy.json, then the generator (for synthesis, bound to that record by its digest,
+        see fedsynth.common.privacy.binding) and the full state (for resume), then latest.json:
+        a crash in between leaves the previous checkpoint as the latest. Last, the released
+        copy checkpoints/generator.safetensors (atomic: old or new, never torn)."""
         step = self.trainer.steps_done
-        generator = save_generator_checkpoint(self.trainer, self.run.generator_checkpoint(step))
+        report = self.write_privacy()
+        generator = save_generator_checkpoint(
+            self.trainer, self.run.generator_checkpoint(step), privacy=checkpoint_summary(report)
+        )
         self.trainer.save(self.run.state_checkpoint(step))
-        self.write_privacy()
         plot_metrics(self.run.read_metrics(), self.run.plots)  # ~1 s: with each checkpoint
         self.run.mark_latest(step)
         self.run.publish_generator(generator)
@@ -146,8 +172,11 @@ class CentralRun:
         )
 
 
-def save_generator_checkpoint(trainer: LocalTrainer, path: Path) -> Path:
-    """The generator alone, with what synthesis needs to rebuild it and to label its output."""
+def save_generator_checkpoint(
+    trainer: LocalTrainer, path: Path, privacy: dict[str, Any] | None = None
+) -> Path:
+    """The generator alone, with what synthesis needs to rebuild it and to label its output
+    (``privacy``: the summary of the privacy record it is bound to)."""
     cfg = trainer.cfg
     return save_checkpoint(
         path,
@@ -161,6 +190,7 @@ def save_generator_checkpoint(trainer: LocalTrainer, path: Path) -> Path:
             "epsilon": trainer.epsilon if math.isfinite(trainer.epsilon) else None,
             "delta": cfg.privacy.delta,
             "dp_enabled": trainer.dp_enabled,
+            **({PRIVACY_KEY: privacy} if privacy is not None else {}),
         },
     )
 

@@ -11,33 +11,61 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from flwr.simulation import run_simulation
 
-from fedsynth.client.app import app as client_app
+from fedsynth.client.app import app as fedsynth_client
 from fedsynth.common.config import Config
 from fedsynth.common.data.cohort import resolve_cohort
+from fedsynth.common.io.atomic import mark_output
 from fedsynth.server import checkpointing
 from fedsynth.server.app import ServerSettings, make_server_app, write_run_config
-from fedsynth.server.strategy import strategy_class
+from fedsynth.server.strategy import check_aggregation
+
+# Ray's gRPC servers (GCS, raylet, every worker) listen on all interfaces unless the node's
+# address is 127.0.0.1, and on Linux Ray replaces a requested 127.0.0.1 by the machine's
+# routable address unless "clusters" are disabled (ray._private.services.get_node_ip_address).
+# A simulation needs no other machine: this keeps every port on loopback (measured with
+# /proc/net/tcp in tests/test_hostile_sites.py).
+_RAY_LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # read when ray is imported
+LOOPBACK = "127.0.0.1"
+
+
+@contextlib.contextmanager
+def _ray_on_loopback() -> Iterator[None]:
+    constants = sys.modules.get("ray._private.ray_constants")  # imported before we got here
+    saved = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        if constants is not None:
+            constants.ENABLE_RAY_CLUSTER = saved  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager
 def flower_environment(run_dir: Path) -> Iterator[Path]:
-    """No telemetry, Flower's files in the run dir, Ray's in a short temporary dir.
+    """No telemetry, Flower's files in the run dir, Ray's in a short temporary dir, Ray's
+    ports on loopback only.
 
     Ray's temp dir holds Unix sockets whose paths must stay under ~107 characters, so it
     cannot live in an arbitrary (deep) run directory.
     """
-    saved = {k: os.environ.get(k) for k in ("FLWR_TELEMETRY_ENABLED", "FLWR_HOME")}
+    names = ("FLWR_TELEMETRY_ENABLED", "FLWR_HOME", _RAY_LOCAL_ONLY)
+    saved = {k: os.environ.get(k) for k in names}
     os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
     os.environ["FLWR_HOME"] = str(run_dir / ".flwr")
+    os.environ[_RAY_LOCAL_ONLY] = "0"
     ray_tmp = Path(tempfile.mkdtemp(prefix="fedsynth-ray-"))
     try:
-        yield ray_tmp
+        with _ray_on_loopback():
+            yield ray_tmp
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
         for k, v in saved.items():
@@ -58,26 +86,29 @@ def backend_config(cfg: Config, ray_tmp: Path) -> dict:
     init_args: dict = {"include_dashboard": False}
     if fed.ray_address:
         init_args["address"] = fed.ray_address
-    else:
-        init_args["_temp_dir"] = str(ray_tmp)
+    else:  # with flower_environment: every port on loopback
+        init_args.update(_temp_dir=str(ray_tmp), _node_ip_address=LOOPBACK)
     return {
         "client_resources": {"num_cpus": fed.client_cpus, "num_gpus": fed.client_gpus},
         "init_args": init_args,
     }
 
 
-def simulate(cfg: Config, run_dir: Path) -> int:
-    """Run the federation; returns the last completed round."""
+def simulate(cfg: Config, run_dir: Path, client_app: Any = None) -> int:
+    """Run the federation; returns the last completed round.
 
-    strategy_class(cfg.federation.aggregation)  # refuse an unknown name before any file is written
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ``client_app``: a ClientApp in place of fedsynth's (tests: a site that misbehaves).
+    """
+
+    check_aggregation(cfg, cfg.split.sites)  # refuse a bad rule before any file is written
+    mark_output(run_dir)  # fedsynth's run folder: --overwrite may replace it later
     write_run_config(run_dir, cfg)
     resolve_cohort(cfg)  # generate a phantom cohort once, here, not in K racing workers
     settings = ServerSettings(cfg, run_dir, expected_sites=cfg.split.sites)
     with flower_environment(run_dir) as ray_tmp:
         run_simulation(
             server_app=make_server_app(settings),
-            client_app=client_app,
+            client_app=client_app or fedsynth_client,
             num_supernodes=cfg.split.sites,
             backend_config=backend_config(cfg, ray_tmp),  # type: ignore[arg-type]
         )

@@ -22,6 +22,7 @@ from fedsynth.audit.writer import FILES, run_audit
 from fedsynth.cli import main
 from fedsynth.common.config import load_config
 from fedsynth.common.errors import CheckpointError, ConfigError, OutputExistsError
+from fedsynth.common.io.atomic import OUTPUT_MARKER
 from fedsynth.common.io.checkpoints import load_checkpoint
 from fedsynth.common.rundir import RunDir
 
@@ -150,7 +151,7 @@ def test_audit_cli_refuses_to_overwrite_and_writes_elsewhere(audited, tmp_path, 
     out = tmp_path / "elsewhere"
     assert main(["audit", str(run.root), "--out", str(out), "--bootstrap", "50"]) == 0
     assert "membership AUC" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*FILES, OUTPUT_MARKER])
 
 
 def test_audit_of_a_folder_that_is_not_a_run(tmp_path):

@@ -26,9 +26,11 @@ def _config(cache: Path, *extra: str):
         "synthesis.device=cpu",
         "benchmark.seeds=2",
         "benchmark.steps=4",
+        "benchmark.eval_every=2",
         "benchmark.finetune_steps=2",
         "benchmark.batch_size=4",
         "benchmark.channels=[4,8]",
+        "benchmark.res_units=1",
     ]
     return load_config(SMOKE, [*over, *extra])
 
@@ -116,12 +118,20 @@ def test_reports_plots_and_overlays_written(result):
     md = (result.out / "results.md").read_text()
     for arm in ARMS:
         assert f"| {arm} |" in md
-    assert "Paired differences against local" in md
-    for name in ("dice_by_region.png", "hd95_by_region.png", "gains_dice_WT.png"):
+    assert "Per-site paired differences against local" in md
+    assert "synthetic - pooled" in md and "local+synthetic - local" in md
+    names = ["dice_by_region.png", "hd95_by_region.png", "gains_dice_WT.png"]
+    names += ["curves_local.png", "curves_synthetic-finetune.png"]
+    for name in names:
         assert (result.out / name).stat().st_size > 1000
     assert len(list((result.out / "overlays").glob("overlay_*.png"))) == 1  # smoke: 1 patient
     patients = _read_csv(result.out / "per_patient.csv")
     assert {p["region"] for p in patients} == set(REGIONS)
+    # phantom voxels are 4 mm and a 32 px slice covers more than 32 voxels: HD95 in mm is
+    # larger than in grid steps wherever it is not zero
+    for p in patients:
+        assert float(p["hd95"]) >= float(p["hd95_grid"])
+    assert any(float(p["hd95"]) > 3 * float(p["hd95_grid"]) > 0 for p in patients)
     assert not list(result.out.rglob(".*.tmp*"))  # no leftovers of atomic writes
 
 
@@ -166,3 +176,108 @@ def test_fedavg_arm_with_flower_simulation(cache, tmp_path):
     sites = {(r["arm"], r["site"]) for r in res.rows}
     assert ("fedavg", "all") in sites
     assert {d["arm"] for d in res.differences} == {"fedavg"}
+
+
+def test_intervals_comparisons_and_curves_written(result):
+    intervals = _read_csv(result.out / "intervals.csv")
+    for r in intervals:
+        assert float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"])
+        assert r["seeds"] == "2" and int(r["patients"]) >= 1
+    comparisons = {(c["arm"], c["reference"]) for c in _read_csv(result.out / "comparisons.csv")}
+    assert ("synthetic", "pooled") in comparisons
+    assert {a for a, ref in comparisons if ref == "local"} == set(ARMS) - {"local"}
+    curves = _read_csv(result.out / "curves.csv")
+    # 4 steps scored every 2: two points per model, too few to call a plateau
+    local2 = [c for c in curves if (c["arm"], c["site"], c["seed"]) == ("local", "site-2", "0")]
+    assert [c["step"] for c in local2] == ["2", "4"]
+    assert all(c["status"] == "still rising" for c in curves)
+
+
+def test_model_still_rising_is_flagged_in_results_md(result):
+    md = (result.out / "results.md").read_text()
+    assert "NOT CONVERGED" in md and "local site-2 seed 0" in md
+
+
+def test_plateaued_models_are_not_flagged():
+    from fedsynth.benchmark.report import markdown
+    from fedsynth.benchmark.results import STILL_RISING
+    from fedsynth.benchmark.training import LearningCurve
+
+    rising, flat = LearningCurve(patience=3), LearningCurve(patience=3)
+    for step, v in enumerate([0.2, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7], 1):
+        rising.add(step * 10, 1.0, v)
+    for step, v in enumerate([0.2, 0.5, 0.6, 0.602, 0.598, 0.601], 1):
+        flat.add(step * 10, 1.0, v)
+    assert rising.still_rising and not flat.still_rising
+    assert flat.best_step == 40  # the highest value's weights are the ones kept
+    rows = [
+        {"arm": "local", "site": "site-0", "seed": 0, "region": r, "metric": m, "value": 0.5}
+        for r in REGIONS
+        for m in ("dice", "hd95")
+    ]
+    curve = [
+        {"arm": "local", "site": "site-0", "seed": 0, "step": s, "train_loss": 1.0,
+         "val_dice": v, "best_step": 40, "status": "plateaued"}
+        for s, v in zip(flat.steps, flat.val_dice, strict=True)
+    ]  # fmt: skip
+    md = markdown(rows, [], {}, curves=curve)
+    assert "All 1 models plateaued" in md and "NOT CONVERGED" not in md
+    curve[-1]["status"] = STILL_RISING
+    assert "NOT CONVERGED: 1 of 1 models" in markdown(rows, [], {}, curves=curve)
+
+
+def test_validation_patients_come_from_the_training_patients(cache):
+    from fedsynth.benchmark.data import load_benchmark_data
+    from fedsynth.benchmark.training import split_validation
+
+    data = load_benchmark_data(_config(cache), None, need_synthetic=False)
+    caches = list(data.sites.values())
+    train, val = split_validation(caches, 0.3, seed=5)
+    held = {v.cache.name: v for v in val}
+    # a site of >= 3 patients holds at least one out; a smaller one trains on all of them
+    assert set(held) == {c.name for c in caches if len(c.patients) >= 3} != set()
+    for t, c in zip(train, caches, strict=True):
+        names_t = {c.patients[i] for i in t.patients}
+        names_v = {c.patients[i] for i in held[c.name].patients} if c.name in held else set()
+        assert not names_t & names_v and names_t | names_v == set(c.patients)
+        assert not names_v & set(data.test.patients)
+    # a site holds out the same patients whichever arm (list of caches) asks
+    last = caches[-1]
+    _, alone = split_validation([last], 0.3, seed=5)
+    assert list(alone[0].patients) == list(held[last.name].patients)
+
+
+def test_public_only_arm_trains_on_the_public_generators_cohort(cache, tmp_path):
+    from fedsynth.benchmark.runner import run_benchmark
+    from fedsynth.common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="benchmark.public_checkpoint"):
+        _config(cache, "benchmark.arms=[local,public-only]")
+    ckpt = _tiny_synthetic_cohort(_config(cache), tmp_path / "gen").parent / "gen.safetensors"
+    cfg = _config(
+        cache,
+        "benchmark.arms=[local,public-only]",
+        "benchmark.seeds=1",
+        f"benchmark.public_checkpoint={ckpt}",
+    )
+    res = run_benchmark(cfg, tmp_path / "run", progress=False)
+    assert (res.out / "public-synthetic" / "datasheet.json").is_file()
+    assert {("public-only", "all")} <= {(r["arm"], r["site"]) for r in res.rows}
+    comparisons = _read_csv(res.out / "comparisons.csv")
+    assert {(c["arm"], c["reference"]) for c in comparisons} == {("public-only", "local")}
+
+
+def test_worker_processes_give_the_same_results_as_one_process(cache, tmp_path):
+    from fedsynth.benchmark.runner import run_benchmark
+
+    over = ["benchmark.arms=[local,pooled]", "benchmark.seeds=1", "benchmark.augment=false"]
+    one = run_benchmark(_config(cache, *over), tmp_path / "one", progress=False)
+    two = run_benchmark(
+        _config(cache, *over, "benchmark.workers=2"), tmp_path / "two", progress=False
+    )
+    key = lambda r: (r["arm"], r["site"], r["seed"], r["region"], r["metric"])  # noqa: E731
+    a = {key(r): r["value"] for r in one.rows}
+    b = {key(r): r["value"] for r in two.rows}
+    assert a.keys() == b.keys()
+    for k in a:
+        assert b[k] == pytest.approx(a[k], abs=1e-4)

@@ -87,7 +87,7 @@ def test_same_seed_identical_files_other_seed_differs(cohort: Path, tmp_path: Pa
     b = generate_phantom_cohort(tmp_path / "b", cfg)
     c = generate_phantom_cohort(tmp_path / "c", PhantomConfig(**{**cfg.__dict__, "seed": 4}))
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    assert len(files) == 2 * len(FILES) + 2
+    assert len(files) == 2 * len(FILES) + 3  # + the .fedsynth-output marker
     for rel in files:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     assert (a / files[-1]).read_bytes() != (c / files[-1]).read_bytes()

@@ -118,3 +118,17 @@ def test_public_cohort_holding_a_renamed_copy_of_a_site_patient_is_refused(tmp_p
         DataError, match=rf"1 subject\(s\) have images identical.*donor_0001 = {victim}\)"
     ):
         check_disjoint(fingerprint(public), fingerprint(private))
+
+
+def test_datasheets_name_the_public_data_a_generator_started_from(pretrained, tmp_path):
+    from fedsynth.common.gan.init import public_pretraining
+    from fedsynth.common.io.checkpoints import load_checkpoint
+
+    cfg, path = pretrained
+    own = public_pretraining(None, load_checkpoint(path).extra)  # the init file itself
+    named = public_pretraining(str(path.parent), {})  # a run whose model.init names it
+    for p in (own, named):
+        assert "public phantom cohort" in p["public_data"] and len(p["manifest_sha256"]) == 64
+        assert p["steps"] == 4 and p["dp"] is False
+    assert public_pretraining(None, {}) is None  # trained from scratch
+    assert "error" in public_pretraining(str(tmp_path / "gone.safetensors"), {})

@@ -89,7 +89,8 @@ def _strategy_after(round_: int) -> SimpleNamespace:
     metrics = {k: 1.0 for k in REQUIRED_METRICS} | {"num-examples": 4.0, "declined": 0.0}
     history = {"history-noise-multiplier": [1.0], "history-sample-rate": [0.5]}
     site = SiteOutcome("site-0", 7, OK, metrics=metrics, history=history | {"history-steps": [1]})
-    return SimpleNamespace(last_round=RoundOutcome(round_, [site], aggregated=True))
+    outcome = RoundOutcome(round_, [site], aggregated=True)
+    return SimpleNamespace(last_round=outcome, declared={"site-0": 4.0}, owners={"site-0": 7})
 
 
 def test_recording_runs_behind_the_round_loop_and_commits_in_order(tmp_path):

@@ -10,7 +10,13 @@ import pytest
 
 import fedsynth
 from fedsynth.common.config import Config, config_to_yaml
-from fedsynth.common.errors import CheckpointError, ConfigError, OutputExistsError
+from fedsynth.common.errors import (
+    CheckpointError,
+    ConfigError,
+    ForeignFolderError,
+    OutputExistsError,
+)
+from fedsynth.common.io.atomic import mark_output
 from fedsynth.common.rundir import (
     CONFIG_FILE,
     GENERATOR_FILE,
@@ -114,6 +120,9 @@ def test_clear_for_new_output(tmp_path):
     (tmp_path / "used" / "x").write_text("x")
     with pytest.raises(OutputExistsError):
         clear_for_new_output(tmp_path / "used", overwrite=False)
+    with pytest.raises(ForeignFolderError, match="used"):  # not a folder fedsynth made
+        clear_for_new_output(tmp_path / "used", overwrite=True)
+    mark_output(tmp_path / "used")
     clear_for_new_output(tmp_path / "used", overwrite=True)
     assert not (tmp_path / "used").exists()
 

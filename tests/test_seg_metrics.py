@@ -9,7 +9,7 @@ import pytest
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 
-from fedsynth.common.metrics.segmentation import (
+from fedsynth.benchmark.metrics import (
     REGIONS,
     SegmentationScores,
     diagonal,
@@ -85,7 +85,7 @@ def test_region_scores_and_accumulator():
     pred = truth.copy()
     pred[2:4, 3:5, 3:5] = 3  # core predicted as enhancing
     s = region_scores(pred, truth)
-    assert s["WT"] == {"dice": 1.0, "hd95": 0.0}
+    assert s["WT"] == {"dice": 1.0, "hd95": 0.0, "hd95_grid": 0.0}
     assert s["TC"]["dice"] == 1.0  # 1 and 3 both count as core
     assert s["ET"]["dice"] == 0.0 and s["ET"]["hd95"] == pytest.approx(
         diagonal((6, 8, 8), (1, 1, 1))
@@ -96,6 +96,47 @@ def test_region_scores_and_accumulator():
     mean = acc.mean()
     assert set(mean) == set(REGIONS) and mean["ET"]["dice"] == 0.5
     assert len(acc.records) == 2 * len(REGIONS)
+
+
+def test_far_apart_masks_match_monai():
+    """Cropping to the union box must not change distances between distant, thin objects."""
+    shape = (20, 40, 30)
+    truth = _cube(shape, (1, 1, 1), (3, 4, 2))
+    pred = _cube(shape, (15, 30, 20), (20, 40, 30)) | _cube(shape, (2, 2, 1), (3, 3, 2))
+    for spacing in (None, (2.0, 0.7, 1.3)):
+        d, h = _monai(pred, truth, spacing)
+        assert dice(pred, truth) == pytest.approx(d, abs=1e-6)
+        assert hd95(pred, truth, spacing) == pytest.approx(h, rel=1e-5)
+
+
+def test_region_scores_in_millimetres_and_grid_steps():
+    truth = np.zeros((8, 12, 12), np.uint8)
+    truth[2:5, 2:6, 2:6] = 2
+    pred = np.roll(truth, 3, axis=2)  # 3 grid steps along the last axis
+    s = region_scores(pred, truth, spacing=(4.0, 1.0, 2.5))
+    assert s["WT"]["hd95_grid"] == pytest.approx(3.0)
+    assert s["WT"]["hd95"] == pytest.approx(7.5)
+    acc = SegmentationScores()
+    acc.add("a", pred, truth, spacing=(4.0, 1.0, 2.5))
+    assert acc.mean()["WT"] == pytest.approx({"dice": 0.25, "hd95": 7.5, "hd95_grid": 3.0})
+
+
+def test_grid_spacing_follows_the_preprocessing(tmp_path):
+    """A case of 2 x 3 x 4 mm voxels whose brain box is 30 x 20 voxels in plane: resized to
+    64 px, one grid step is (4, 2 * 30 / 64, 3 * 30 / 64) mm along (z, x, y)."""
+    import nibabel as nib
+
+    from fedsynth.benchmark.spacing import grid_spacing
+
+    brain = np.zeros((40, 30, 12), np.float32)
+    brain[5:35, 6:26, 2:10] = 1.0
+    affine = np.diag([2.0, 3.0, 4.0, 1.0])
+    case = tmp_path / "case_001"
+    case.mkdir()
+    for m in ("t1", "t1ce", "t2", "flair"):
+        nib.save(nib.Nifti1Image(brain * 100, affine), case / f"case_001_{m}.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros_like(brain, np.uint8), affine), case / "case_001_seg.nii.gz")
+    assert grid_spacing(case, 64) == pytest.approx((4.0, 2 * 30 / 64, 3 * 30 / 64))
 
 
 def test_invalid_inputs():

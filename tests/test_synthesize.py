@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -12,9 +13,10 @@ import pytest
 
 from fedsynth.cli import main
 from fedsynth.common.config import config_to_yaml, load_config
-from fedsynth.common.errors import CheckpointError, OutputExistsError
+from fedsynth.common.errors import CheckpointError, ForeignFolderError, OutputExistsError
 from fedsynth.common.io.checkpoints import save_checkpoint
 from fedsynth.common.models.registry import architecture_hash, build_generator
+from fedsynth.common.privacy.binding import PRIVACY_KEY, checkpoint_summary
 from fedsynth.common.privacy.report import SitePrivacy, write_privacy_json
 from fedsynth.common.rundir import RunDir
 from fedsynth.synthesis.generate import synthesize
@@ -49,22 +51,26 @@ def _save_central(cfg, path: Path, model=None) -> Path:
     )
 
 
-def _federated_run(cfg, run_dir: Path, dp: bool) -> Path:
-    """A federated run directory as the server leaves it: config.yaml, server_state.json,
-    privacy.json and checkpoints/generator.safetensors."""
+def _federated_run(cfg, run_dir: Path, dp: bool, eps: dict | None = None) -> Path:
+    """A federated run directory as the server leaves it: config.yaml, privacy.json, then
+    checkpoints/generator.safetensors bound to it (its digest in the metadata),
+    server_state.json."""
     from fedsynth.server import checkpointing
 
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
     weights = {k: v.numpy() for k, v in build_generator(cfg.model).state_dict().items()}
-    path = checkpointing.save_checkpoint(run_dir, cfg, 3, weights, {})
-    state = checkpointing.ServerState(round=3, rounds=3, checkpoint=path.name)
-    checkpointing.commit_round(run_dir, state)
-    eps = {"site-0": 2.5, "site-1": 4.0} if dp else {"site-0": float("inf"), "site-1": float("inf")}
+    if eps is None:
+        eps = {"site-0": 2.5, "site-1": 4.0} if dp else {"site-0": math.inf, "site-1": math.inf}
     sites = {s: SitePrivacy(epsilon=e, sample_rate=0.2, steps=30) for s, e in eps.items()}
-    write_privacy_json(
+    report = write_privacy_json(
         run_dir / "privacy.json", accountant="rdp", delta=1e-4, dp_enabled=dp, sites=sites
     )
+    rounds = 3 if not (run_dir / "server_state.json").exists() else 4
+    extra = {PRIVACY_KEY: checkpoint_summary(report)}
+    path = checkpointing.save_checkpoint(run_dir, cfg, rounds, weights, extra)
+    state = checkpointing.ServerState(round=rounds, rounds=rounds, checkpoint=path.name)
+    checkpointing.commit_round(run_dir, state)
     return RunDir(run_dir).generator
 
 
@@ -146,8 +152,14 @@ def test_existing_output_needs_overwrite(cfg, tmp_path):
     with pytest.raises(OutputExistsError):
         synthesize(cfg, ckpt, out, cases=1, progress=False)
     assert (out / "keep.txt").read_text() == "mine"
+    with pytest.raises(ForeignFolderError):  # --overwrite deletes only fedsynth's folders
+        synthesize(cfg, ckpt, out, cases=1, overwrite=True, progress=False)
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    synthesize(cfg, ckpt, out, cases=1, overwrite=True, progress=False)  # empty: fine
+    (out / "stale.txt").write_text("from an earlier synthesis")
     synthesize(cfg, ckpt, out, cases=1, overwrite=True, progress=False)
-    assert not (out / "keep.txt").exists() and (out / "datasheet.json").is_file()
+    assert not (out / "stale.txt").exists() and (out / "datasheet.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temp left
 
 
@@ -215,3 +227,42 @@ def _sha256(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- privacy binding
+
+
+def test_a_non_dp_generator_copied_into_a_dp_run_is_refused(cfg, tmp_path):
+    """The datasheet describes the checkpoint, not the folder it lies in (issue 16)."""
+    dp_run = _federated_run(cfg, tmp_path / "dp-run", dp=True).parent.parent
+    no_dp = _federated_run(cfg, tmp_path / "no-dp-run", dp=False)
+    intruder = dp_run / "checkpoints" / "generator.safetensors"
+    intruder.write_bytes(no_dp.read_bytes())  # the careless copy
+    with pytest.raises(
+        CheckpointError, match="dp_enabled False in the checkpoint, True in the run's record"
+    ):
+        synthesize(cfg, intruder, tmp_path / "out", cases=1, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_without_a_privacy_record_is_not_described_by_the_folder(cfg, tmp_path):
+    run = _federated_run(cfg, tmp_path / "dp-run", dp=True).parent.parent
+    foreign = _save_central(cfg, run / "checkpoints" / "from_elsewhere.safetensors")
+    synthesize(cfg, foreign, tmp_path / "out", cases=1, progress=False)
+    priv = json.loads((tmp_path / "out" / "datasheet.json").read_text())["privacy"]
+    assert priv["dp_enabled"] is None and priv["worst_epsilon"] is None
+    assert "unknown" in priv["statement"] and "epsilon" not in json.dumps(priv["sites"])
+
+
+def test_an_earlier_checkpoint_of_the_run_is_described_by_its_own_record(cfg, tmp_path):
+    run_dir = tmp_path / "run"
+    first = _federated_run(cfg, run_dir, dp=True, eps={"site-0": 1.0, "site-1": 2.0})
+    early = run_dir / "checkpoints" / "early.safetensors"
+    early.write_bytes(first.read_bytes())
+    _federated_run(cfg, run_dir, dp=True, eps={"site-0": 3.0, "site-1": 5.0})  # a later round
+    synthesize(cfg, early, tmp_path / "out", cases=1, progress=False)
+    priv = json.loads((tmp_path / "out" / "datasheet.json").read_text())["privacy"]
+    assert priv["source"] == "checkpoint" and priv["worst_epsilon"] == 2.0
+    synthesize(cfg, RunDir(run_dir).generator, tmp_path / "latest", cases=1, progress=False)
+    priv = json.loads((tmp_path / "latest" / "datasheet.json").read_text())["privacy"]
+    assert priv["source"] == "privacy.json" and priv["worst_epsilon"] == 5.0

@@ -3,6 +3,6 @@
 Arms (``fedsynth.benchmark.arms``) train a 2-D segmenter on real, synthetic or mixed slices,
 or with Flower FedAvg (``fedsynth.benchmark.fedavg``); all are scored on the same held-out
 patients (``split.test``) with Dice and HD95 per BraTS region
-(``fedsynth.common.metrics.segmentation``). ``fedsynth.benchmark.runner.run_benchmark`` runs
+(``fedsynth.benchmark.metrics``). ``fedsynth.benchmark.runner.run_benchmark`` runs
 everything and writes ``RUN_DIR/benchmark/``.
 """

@@ -2,8 +2,10 @@
 
 An arm function takes the shared ``ArmContext`` and a seed and returns one ``ArmOutcome`` per
 model it trained: per site for ``local``, ``local+synthetic`` and ``synthetic->finetune``;
-one model (site ``"all"``) for ``pooled``, ``synthetic`` and ``fedavg``. The seed fixes the
-initial weights (same seed, same initial network in every arm) and the slice sampling.
+one model (site ``"all"``) for ``pooled``, ``synthetic``, ``public-only`` and ``fedavg``. The
+seed fixes the initial weights (same seed, same initial network in every arm), the slice
+sampling and the validation patients each site holds out of its training patients (the same
+ones in every arm for a seed: ``training.split_validation``).
 """
 
 from __future__ import annotations
@@ -17,11 +19,17 @@ import torch
 from torch import nn
 
 from fedsynth.benchmark.data import BenchmarkData
-from fedsynth.benchmark.training import TrainSettings, evaluate, train_segmenter
+from fedsynth.benchmark.metrics import SegmentationScores
+from fedsynth.benchmark.segmenter import segmenter_for
+from fedsynth.benchmark.training import (
+    LearningCurve,
+    TrainSettings,
+    evaluate,
+    split_validation,
+    train_segmenter,
+)
 from fedsynth.common.config import Config
 from fedsynth.common.data.cache import SliceCache
-from fedsynth.common.metrics.segmentation import SegmentationScores
-from fedsynth.common.models.segmenter import build_segmenter
 
 ALL_SITES = "all"  # site of an arm that trains one model for everyone
 NEEDS_SYNTHETIC = ("synthetic", "local+synthetic", "synthetic->finetune")
@@ -34,20 +42,23 @@ class ArmContext:
     device: torch.device
     work_dir: Path  # scratch space (fedavg weights, Flower/Ray files)
     progress: bool = True
-    # seed -> synthetic-only weights, shared by the synthetic and synthetic->finetune arms
-    pretrained: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    # seed -> synthetic-only weights and curve, shared by synthetic and synthetic->finetune
+    pretrained: dict[int, tuple[dict[str, torch.Tensor], LearningCurve]] = field(
+        default_factory=dict
+    )
 
 
 @dataclass
 class ArmOutcome:
-    """Scores of one trained model; predictions: subject -> uint8 (Z, S, S) for overlays."""
+    """Scores of one trained model; predictions: subject -> uint8 (Z, S, S) for overlays;
+    curve: its learning curve (train loss, validation Dice)."""
 
     arm: str
     site: str
     seed: int
     scores: SegmentationScores
     predictions: dict[str, np.ndarray]
-    losses: list[float]
+    curve: LearningCurve
 
 
 def _stream(seed: int, arm: str, site: str) -> int:
@@ -58,27 +69,47 @@ def _stream(seed: int, arm: str, site: str) -> int:
 
 def _fresh(ctx: ArmContext, seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    return build_segmenter(ctx.cfg.benchmark.segmenter, ctx.cfg.benchmark.channels)
+    return segmenter_for(ctx.cfg.benchmark)
 
 
 def _score(
-    ctx: ArmContext, arm: str, site: str, seed: int, model: nn.Module, losses: list[float]
+    ctx: ArmContext, arm: str, site: str, seed: int, model: nn.Module, curve: LearningCurve
 ) -> ArmOutcome:
     scores, preds = evaluate(
-        model, ctx.data.test, ctx.device, keep=ctx.cfg.benchmark.overlay_patients
+        model,
+        ctx.data.test,
+        ctx.device,
+        spacings=ctx.data.test_spacings,
+        keep=ctx.cfg.benchmark.overlay_patients,
     )
-    return ArmOutcome(arm, site, seed, scores, preds, losses)
+    return ArmOutcome(arm, site, seed, scores, preds, curve)
+
+
+def _train(
+    ctx: ArmContext,
+    model: nn.Module,
+    arm: str,
+    site: str,
+    seed: int,
+    caches: list[SliceCache],
+    steps: int | None = None,
+    lr: float | None = None,
+) -> LearningCurve:
+    """Train ``model`` on ``caches`` less the validation patients the seed holds out of them."""
+    b = ctx.cfg.benchmark
+    train, val = split_validation(caches, b.val_fraction, seed)
+    settings = TrainSettings.from_config(b, _stream(seed, arm, site), steps=steps, lr=lr)
+    return train_segmenter(
+        model, train, val, settings, ctx.device, f"{arm} {site} s{seed}", ctx.progress
+    )
 
 
 def _train_and_score(
     ctx: ArmContext, arm: str, site: str, seed: int, caches: list[SliceCache]
 ) -> ArmOutcome:
     model = _fresh(ctx, seed)
-    settings = TrainSettings.from_config(ctx.cfg.benchmark, _stream(seed, arm, site))
-    losses = train_segmenter(
-        model, caches, settings, ctx.device, f"{arm} {site} s{seed}", ctx.progress
-    )
-    return _score(ctx, arm, site, seed, model, losses)
+    curve = _train(ctx, model, arm, site, seed, caches)
+    return _score(ctx, arm, site, seed, model, curve)
 
 
 def _synthetic(ctx: ArmContext) -> SliceCache:
@@ -103,25 +134,27 @@ def run_local_synthetic(ctx: ArmContext, seed: int) -> list[ArmOutcome]:
     ]
 
 
-def _pretrained(ctx: ArmContext, seed: int) -> tuple[nn.Module, list[float]]:
+def _pretrained(ctx: ArmContext, seed: int) -> tuple[nn.Module, LearningCurve]:
     """The synthetic-only model of ``seed``, trained once and reused by both arms."""
     model = _fresh(ctx, seed)
-    losses: list[float] = []
     if seed not in ctx.pretrained:
-        settings = TrainSettings.from_config(
-            ctx.cfg.benchmark, _stream(seed, "synthetic", ALL_SITES)
-        )
-        losses = train_segmenter(
-            model, [_synthetic(ctx)], settings, ctx.device, f"synthetic s{seed}", ctx.progress
-        )
-        ctx.pretrained[seed] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(ctx.pretrained[seed])
-    return model, losses
+        curve = _train(ctx, model, "synthetic", ALL_SITES, seed, [_synthetic(ctx)])
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        ctx.pretrained[seed] = (state, curve)
+    state, curve = ctx.pretrained[seed]
+    model.load_state_dict(state)
+    return model, curve
 
 
 def run_synthetic(ctx: ArmContext, seed: int) -> list[ArmOutcome]:
-    model, losses = _pretrained(ctx, seed)
-    return [_score(ctx, "synthetic", ALL_SITES, seed, model, losses)]
+    model, curve = _pretrained(ctx, seed)
+    return [_score(ctx, "synthetic", ALL_SITES, seed, model, curve)]
+
+
+def run_public_only(ctx: ArmContext, seed: int) -> list[ArmOutcome]:
+    if ctx.data.public is None:  # load_benchmark_data loads it whenever this arm runs
+        raise ValueError("the public-only arm needs the public synthetic cohort")
+    return [_train_and_score(ctx, "public-only", ALL_SITES, seed, [ctx.data.public])]
 
 
 def run_finetune(ctx: ArmContext, seed: int) -> list[ArmOutcome]:
@@ -129,21 +162,19 @@ def run_finetune(ctx: ArmContext, seed: int) -> list[ArmOutcome]:
     out = []
     for site, cache in ctx.data.sites.items():
         model, _ = _pretrained(ctx, seed)
-        settings = TrainSettings.from_config(
-            b, _stream(seed, arm, site), steps=b.finetune_steps, lr=b.finetune_lr
-        )
-        losses = train_segmenter(
-            model, [cache], settings, ctx.device, f"finetune {site} s{seed}", ctx.progress
-        )
-        out.append(_score(ctx, arm, site, seed, model, losses))
+        curve = _train(ctx, model, arm, site, seed, [cache], b.finetune_steps, b.finetune_lr)
+        out.append(_score(ctx, arm, site, seed, model, curve))
     return out
 
 
 def run_fedavg(ctx: ArmContext, seed: int) -> list[ArmOutcome]:
     from fedsynth.benchmark.fedavg.run import train_fedavg
 
-    model = train_fedavg(ctx.cfg, seed, len(ctx.data.sites), ctx.work_dir / "fedavg")
-    return [_score(ctx, "fedavg", ALL_SITES, seed, model, [])]
+    _, val = split_validation(list(ctx.data.sites.values()), ctx.cfg.benchmark.val_fraction, seed)
+    model, curve = train_fedavg(
+        ctx.cfg, seed, len(ctx.data.sites), ctx.work_dir / "fedavg", val, ctx.device
+    )
+    return [_score(ctx, "fedavg", ALL_SITES, seed, model, curve)]
 
 
 ARMS: dict[str, Callable[[ArmContext, int], list[ArmOutcome]]] = {
@@ -153,4 +184,5 @@ ARMS: dict[str, Callable[[ArmContext, int], list[ArmOutcome]]] = {
     "local+synthetic": run_local_synthetic,
     "synthetic->finetune": run_finetune,
     "fedavg": run_fedavg,
+    "public-only": run_public_only,
 }

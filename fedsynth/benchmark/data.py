@@ -1,9 +1,12 @@
-"""The slices every arm trains and is scored on: real sites, held-out patients, synthetic cohort.
+"""The slices every arm trains and is scored on: real sites, held-out patients, synthetic cohorts.
 
 Real data come from the config's cohort and split through ``site_slices``. A synthetic cohort
 (a folder ``fedsynth synthesize`` wrote, or one synthesised here from a checkpoint) goes
 through the same preprocessing and cache code (``cache.build_slices``), so real and synthetic
-slices are cropped, normalised and resized identically.
+slices are cropped, normalised and resized identically. The ``public-only`` arm's cohort is
+synthesised the same way from ``benchmark.public_checkpoint``, a generator that never saw
+site data. Each test patient's grid spacing in mm (``spacing.cohort_spacings``) turns HD95
+into millimetres.
 """
 
 from __future__ import annotations
@@ -12,23 +15,31 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedsynth.benchmark.spacing import Spacing, cohort_spacings
 from fedsynth.common.config import Config, expand_path
 from fedsynth.common.data.brats import discover_cases
 from fedsynth.common.data.cache import SliceCache, build_slices, site_slices
+from fedsynth.common.data.cohort import load_split, resolve_cohort
 from fedsynth.common.errors import ConfigError, DataError
 from fedsynth.common.rundir import SYNTHETIC_DIR
 
 log = logging.getLogger(__name__)
 
+PUBLIC_SYNTHETIC_DIR = "public-synthetic"  # RUN_DIR/benchmark/<this>: the public-only cohort
+
 
 @dataclass
 class BenchmarkData:
     """sites: site name ("site-0", ...) -> that site's training slices; test: held-out
-    patients' slices; synthetic: the synthetic cohort's slices, or None when no arm needs it."""
+    patients' slices; test_spacings: test subject -> mm per grid step (z, x, y);
+    synthetic / public: the synthetic cohort's and the public generator's cohort's slices, or
+    None when no arm needs them."""
 
     sites: dict[str, SliceCache]
     test: SliceCache
-    synthetic: SliceCache | None
+    test_spacings: dict[str, Spacing]
+    synthetic: SliceCache | None = None
+    public: SliceCache | None = None
 
     @property
     def site_names(self) -> list[str]:
@@ -55,10 +66,14 @@ def cohort_slices(cfg: Config, cohort_dir: str | Path, name: str) -> SliceCache:
 
 
 def synthetic_cohort(
-    cfg: Config, out_dir: Path, synthetic: Path | None, checkpoint: Path | None
+    cfg: Config,
+    out_dir: Path,
+    synthetic: Path | None,
+    checkpoint: Path | None,
+    folder: str = SYNTHETIC_DIR,
 ) -> Path | None:
     """The synthetic cohort folder: ``synthetic`` as given, or synthesised from ``checkpoint``
-    into ``out_dir/synthetic`` (``benchmark.synthetic_cases`` cases; reused if already there)."""
+    into ``out_dir/folder`` (``benchmark.synthetic_cases`` cases; reused if already there)."""
     if synthetic is not None and checkpoint is not None:
         raise ConfigError(
             "--synthetic", "give either --synthetic DIR or --checkpoint CKPT, not both"
@@ -69,7 +84,7 @@ def synthetic_cohort(
         return None
     from fedsynth.synthesis.generate import synthesize
 
-    target = out_dir / SYNTHETIC_DIR
+    target = out_dir / folder
     if (target / "datasheet.json").is_file():
         log.info("reusing the synthetic cohort in %s", target)
         return target
@@ -78,16 +93,23 @@ def synthetic_cohort(
 
 
 def load_benchmark_data(
-    cfg: Config, synthetic_dir: Path | None, need_synthetic: bool
+    cfg: Config,
+    synthetic_dir: Path | None,
+    need_synthetic: bool,
+    public_dir: Path | None = None,
+    spacings: dict[str, Spacing] | None = None,
 ) -> BenchmarkData:
-    """Build or reuse the caches of every site, the test split and the synthetic cohort."""
-    from fedsynth.common.data.cohort import load_split, resolve_cohort
-
-    split = load_split(resolve_cohort(cfg))
+    """Build or reuse the caches of every site, the test split and the synthetic cohorts;
+    ``spacings``: the test patients' grid spacings when already known (worker processes)."""
+    cohort = resolve_cohort(cfg)
+    split = load_split(cohort)
     if not split.test:
-        raise DataError(resolve_cohort(cfg), "the split has no test patients to score on")
+        raise DataError(cohort, "the split has no test patients to score on")
     sites = {name: site_slices(cfg, subjects, name) for name, subjects in split.sites.items()}
     test = site_slices(cfg, split.test, "test")
+    if spacings is None:
+        spacings = cohort_spacings(cohort, test.patients, cfg.preprocess.image_size)
+    public = cohort_slices(cfg, public_dir, "public-synthetic") if public_dir else None
     synthetic = None
     if need_synthetic:
         if synthetic_dir is None:
@@ -97,4 +119,4 @@ def load_benchmark_data(
                 "or --checkpoint CKPT (or remove them from benchmark.arms)",
             )
         synthetic = cohort_slices(cfg, synthetic_dir, "synthetic")
-    return BenchmarkData(sites=sites, test=test, synthetic=synthetic)
+    return BenchmarkData(sites, test, spacings, synthetic, public)

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from fedsynth.benchmark.arms import ALL_SITES, ArmOutcome
+from fedsynth.benchmark.metrics import REGIONS
 from fedsynth.benchmark.report import headline_site
 from fedsynth.benchmark.results import MEAN_SITE, Row, summary
 from fedsynth.common.data.cache import SliceCache
 from fedsynth.common.io.atomic import save_figure
-from fedsynth.common.metrics.segmentation import REGIONS
 
 # Label colours for overlays: necrotic/core, oedema, enhancing (RGBA).
 _LABEL_RGBA = np.array(
@@ -116,3 +116,48 @@ def overlays(test: SliceCache, outcomes: Sequence[ArmOutcome], out_dir: Path) ->
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def learning_curves(curves: Sequence[Row], arm: str, path: Path) -> None:
+    """Two panels for ``arm``: training loss and validation Dice against step, one line per
+    model (colour: site, line style: seed), a dot at the step whose weights were kept."""
+    plt = _pyplot()
+    mine = [r for r in curves if r["arm"] == arm]
+    models = list(dict.fromkeys((str(r["site"]), int(r["seed"])) for r in mine))  # type: ignore[call-overload]
+    sites = list(dict.fromkeys(s for s, _ in models))
+    seeds = sorted({sd for _, sd in models})
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for site, seed in models:
+        rs = [r for r in mine if str(r["site"]) == site and int(r["seed"]) == seed]  # type: ignore[call-overload]
+        steps = [int(r["step"]) for r in rs]  # type: ignore[call-overload]
+        style = {
+            "color": f"C{sites.index(site)}",
+            "ls": ("-", "--", ":", "-.")[seeds.index(seed) % 4],
+            "lw": 1.0,
+        }
+        ax_loss.plot(steps, [float(r["train_loss"]) for r in rs], **style)  # type: ignore[arg-type]
+        ax_val.plot(steps, [float(r["val_dice"]) for r in rs], label=f"{site} s{seed}", **style)  # type: ignore[arg-type]
+        best = int(rs[-1]["best_step"])  # type: ignore[call-overload]
+        if best in steps:
+            ax_val.plot(
+                best, float(rs[steps.index(best)]["val_dice"]), "o", color=style["color"], ms=3
+            )  # type: ignore[arg-type]
+    rising = sum(
+        1
+        for s, sd in models
+        if any(
+            r["status"] == "still rising" and str(r["site"]) == s and int(r["seed"]) == sd
+            for r in mine
+        )
+    )  # type: ignore[call-overload]
+    ax_loss.set(xlabel="step", ylabel="training loss (Dice + CE)", title=f"{arm}: training loss")
+    ax_val.set(
+        xlabel="step",
+        ylabel="validation Dice (mean WT/TC/ET)",
+        title=f"{arm}: validation Dice" + (f" ({rising} still rising)" if rising else ""),
+    )
+    if len(models) <= 12:
+        ax_val.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=100)
+    plt.close(fig)

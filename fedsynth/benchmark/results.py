@@ -22,13 +22,23 @@ from pathlib import Path
 import numpy as np
 
 from fedsynth.benchmark.arms import ALL_SITES, ArmOutcome
+from fedsynth.benchmark.metrics import METRICS, REGIONS
+from fedsynth.benchmark.stats import bootstrap_ci, paired_comparison, patient_matrix
 from fedsynth.common.io.atomic import atomic_write_text
-from fedsynth.common.metrics.segmentation import METRICS, REGIONS
 
 MEAN_SITE = "mean"
 RESULT_COLUMNS = ("arm", "site", "seed", "region", "metric", "value")
 DIFF_COLUMNS = ("arm", "site", "region", "metric", "mean_diff", "std_diff", "n")
-PATIENT_COLUMNS = ("arm", "site", "seed", "patient", "region", "dice", "hd95")
+PATIENT_COLUMNS = ("arm", "site", "seed", "patient", "region", "dice", "hd95", "hd95_grid")
+INTERVAL_COLUMNS = ("arm", "region", "metric", "mean", "ci_low", "ci_high", "patients", "seeds")
+COMPARISON_COLUMNS = (
+    "arm", "reference", "region", "metric", "mean_diff", "ci_low", "ci_high", "p_value",
+    "patients", "seeds",
+)  # fmt: skip
+CURVE_COLUMNS = ("arm", "site", "seed", "step", "train_loss", "val_dice", "best_step", "status")
+# (arm, reference) pairs compared patient by patient, when both arms ran
+REFERENCES = (("*", "local"), ("synthetic", "pooled"), ("public-only", "synthetic"))
+STILL_RISING = "still rising"  # status of a model whose validation Dice had not plateaued
 
 Row = dict[str, object]
 
@@ -143,3 +153,66 @@ def csv_text(rows: Sequence[Row], columns: Sequence[str]) -> str:
 
 def write_csv(path: Path, rows: Sequence[Row], columns: Sequence[str]) -> None:
     atomic_write_text(path, csv_text(rows, columns))
+
+
+def _arms(rows: Iterable[Row]) -> list[str]:
+    return list(dict.fromkeys(str(r["arm"]) for r in rows))
+
+
+def interval_rows(patient_rows_: Sequence[Row]) -> list[Row]:
+    """Per arm, region and metric: mean over seeds and patients with its bootstrap interval."""
+    out: list[Row] = []
+    for arm in _arms(patient_rows_):
+        for region in REGIONS:
+            for metric in METRICS:
+                seeds, patients, m = patient_matrix(patient_rows_, arm, region, metric)
+                mean, lo, hi = bootstrap_ci(m)
+                out.append(
+                    {"arm": arm, "region": region, "metric": metric, "mean": mean,
+                     "ci_low": lo, "ci_high": hi, "patients": len(patients), "seeds": len(seeds)}
+                )  # fmt: skip
+    return out
+
+
+def comparison_rows(patient_rows_: Sequence[Row]) -> list[Row]:
+    """The paired comparisons of ``REFERENCES`` (``*``: every other arm) that can be made."""
+    arms = _arms(patient_rows_)
+    pairs = []
+    for arm, ref in REFERENCES:
+        if ref in arms:
+            pairs += [(a, ref) for a in arms if a != ref and (arm == "*" or a == arm)]
+    out: list[Row] = []
+    for arm, ref in pairs:
+        for region in REGIONS:
+            for metric in METRICS:
+                c = paired_comparison(patient_rows_, arm, ref, region, metric)
+                if c is not None:
+                    out.append(
+                        {"arm": c.arm, "reference": c.reference, "region": c.region,
+                         "metric": c.metric, "mean_diff": c.mean_diff, "ci_low": c.ci_low,
+                         "ci_high": c.ci_high, "p_value": c.p_value, "patients": c.patients,
+                         "seeds": c.seeds}
+                    )  # fmt: skip
+    return out
+
+
+def curve_status(o: ArmOutcome) -> str:
+    """ "plateaued", "stopped early" (patience ran out) or STILL_RISING."""
+    if o.curve.still_rising:
+        return STILL_RISING
+    return "stopped early" if o.curve.stopped_early else "plateaued"
+
+
+def curve_rows(outcomes: Sequence[ArmOutcome]) -> list[Row]:
+    """One row per evaluation of every model's learning curve."""
+    out: list[Row] = []
+    for o in outcomes:
+        c, status = o.curve, curve_status(o)
+        for step, loss, val in zip(
+            c.steps, c.train_loss, c.val_dice or [np.nan] * len(c.steps), strict=True
+        ):
+            out.append(
+                {"arm": o.arm, "site": o.site, "seed": o.seed, "step": step, "train_loss": loss,
+                 "val_dice": val, "best_step": c.best_step, "status": status}
+            )  # fmt: skip
+    return out

@@ -1,24 +1,47 @@
 """Run every configured arm for every seed and write ``RUN_DIR/benchmark/``.
 
 Outputs (all written atomically): ``results.csv``, ``per_patient.csv``, ``differences.csv``,
-``results.md``, ``config.yaml``, ``dice_by_region.png``, ``hd95_by_region.png``,
-``gains_dice_<region>.png`` and ``overlays/overlay_<subject>.png``.
+``intervals.csv``, ``comparisons.csv``, ``curves.csv``, ``results.md``, ``config.yaml``,
+``dice_by_region.png``, ``hd95_by_region.png``, ``gains_dice_<region>.png``,
+``curves_<arm>.png`` and ``overlays/overlay_<subject>.png``.
+
+With ``benchmark.workers`` > 1 the (seed, arm) jobs run in that many processes, one torch
+thread each (small 2-D networks use several CPU cores poorly, so processes beat threads);
+``synthetic`` and ``synthetic->finetune`` of a seed share one job (the fine-tuned model starts
+from the synthetic one), and ``fedavg`` runs in the main process (Flower starts its own Ray
+workers).
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from fedsynth.benchmark.arms import ARMS, NEEDS_SYNTHETIC, ArmContext, ArmOutcome
-from fedsynth.benchmark.data import load_benchmark_data, synthetic_cohort
+from fedsynth.benchmark.data import (
+    PUBLIC_SYNTHETIC_DIR,
+    BenchmarkData,
+    load_benchmark_data,
+    synthetic_cohort,
+)
+from fedsynth.benchmark.metrics import REGIONS
 from fedsynth.benchmark.results import (
+    COMPARISON_COLUMNS,
+    CURVE_COLUMNS,
     DIFF_COLUMNS,
+    INTERVAL_COLUMNS,
     PATIENT_COLUMNS,
     RESULT_COLUMNS,
     Row,
+    comparison_rows,
+    curve_rows,
+    interval_rows,
     paired_differences,
     patient_rows,
     result_rows,
@@ -26,7 +49,6 @@ from fedsynth.benchmark.results import (
 )
 from fedsynth.common.config import Config, config_to_yaml
 from fedsynth.common.io.atomic import atomic_write_text
-from fedsynth.common.metrics.segmentation import REGIONS
 from fedsynth.common.rundir import CONFIG_FILE, RunDir
 
 log = logging.getLogger(__name__)
@@ -53,10 +75,6 @@ def run_benchmark(
     which ``benchmark.synthetic_cases`` cases are synthesised into RUN_DIR/benchmark/synthetic.
     One of them is required when an arm uses synthetic data (ConfigError otherwise).
     """
-    from tqdm import tqdm
-
-    from fedsynth.common.gan.trainer import resolve_device
-
     start = time.perf_counter()
     b = cfg.benchmark
     out = RunDir(run_dir).benchmark
@@ -64,17 +82,93 @@ def run_benchmark(
     atomic_write_text(out / CONFIG_FILE, config_to_yaml(cfg))
     need_syn = any(a in NEEDS_SYNTHETIC for a in b.arms)
     syn_dir = synthetic_cohort(cfg, out, _path(synthetic), _path(checkpoint)) if need_syn else None
-    data = load_benchmark_data(cfg, syn_dir, need_syn)
-    ctx = ArmContext(cfg, data, resolve_device(b.device), out / "work", progress)
-    outcomes: list[ArmOutcome] = []
-    jobs = [(cfg.seed + i, arm) for i in range(b.seeds) for arm in b.arms]
-    for seed, arm in tqdm(jobs, desc="benchmark", unit="arm", disable=not progress):
-        t0 = time.perf_counter()
-        outcomes += ARMS[arm](ctx, seed)
-        log.info("arm %s seed %d: %.1f s", arm, seed, time.perf_counter() - t0)
+    public_dir = None
+    if "public-only" in b.arms:
+        public_ckpt = _path(b.public_checkpoint)
+        public_dir = synthetic_cohort(cfg, out, None, public_ckpt, folder=PUBLIC_SYNTHETIC_DIR)
+    data = load_benchmark_data(cfg, syn_dir, need_syn, public_dir)
+    outcomes = _run_jobs(cfg, data, out / "work", progress, syn_dir, public_dir)
     seconds = time.perf_counter() - start
     rows, diffs = write_outputs(out, cfg, data, outcomes, syn_dir, seconds)
     return BenchmarkResult(out, rows, diffs, seconds)
+
+
+def _jobs(cfg: Config) -> list[tuple[int, list[str]]]:
+    """(seed, arms run together) in the order they run; see the module docstring."""
+    jobs = []
+    for i in range(cfg.benchmark.seeds):
+        arms = [a for a in cfg.benchmark.arms if a != "synthetic->finetune"]
+        for arm in arms:
+            group = [arm]
+            if arm == "synthetic" and "synthetic->finetune" in cfg.benchmark.arms:
+                group.append("synthetic->finetune")
+            jobs.append((cfg.seed + i, group))
+        if "synthetic->finetune" in cfg.benchmark.arms and "synthetic" not in arms:
+            jobs.append((cfg.seed + i, ["synthetic->finetune"]))
+    return jobs
+
+
+def _run_group(ctx: ArmContext, seed: int, arms: list[str]) -> list[ArmOutcome]:
+    out: list[ArmOutcome] = []
+    for arm in arms:
+        t0 = time.perf_counter()
+        out += ARMS[arm](ctx, seed)
+        log.info("arm %s seed %d: %.1f s", arm, seed, time.perf_counter() - t0)
+    return out
+
+
+def _run_jobs(cfg, data: BenchmarkData, work: Path, progress: bool, syn_dir, public_dir):
+    from tqdm import tqdm
+
+    from fedsynth.common.gan.trainer import resolve_device
+
+    ctx = ArmContext(cfg, data, resolve_device(cfg.benchmark.device), work, progress)
+    jobs = _jobs(cfg)
+    if cfg.benchmark.workers == 1:
+        outcomes: list[ArmOutcome] = []
+        for seed, arms in tqdm(jobs, desc="benchmark", unit="job", disable=not progress):
+            outcomes += _run_group(ctx, seed, arms)
+        return outcomes
+    results: dict[int, list[ArmOutcome]] = {}
+    spawn = multiprocessing.get_context("spawn")  # fork + torch's thread pools can deadlock
+    with ProcessPoolExecutor(
+        cfg.benchmark.workers,
+        spawn,
+        _worker_init,
+        (cfg, work, syn_dir, public_dir, data.test_spacings),
+    ) as pool:
+        futures = {
+            i: pool.submit(_worker_run, seed, arms)
+            for i, (seed, arms) in enumerate(jobs)
+            if arms != ["fedavg"]
+        }
+        for i, (seed, arms) in enumerate(jobs):  # fedavg here, while the pool works
+            if arms == ["fedavg"]:
+                results[i] = _run_group(ctx, seed, arms)
+        for i, f in tqdm(futures.items(), desc="benchmark", unit="job", disable=not progress):
+            results[i] = f.result()
+    return [o for i in sorted(results) for o in results[i]]
+
+
+_WORKER: dict[str, ArmContext] = {}
+
+
+def _worker_init(cfg: Config, work: Path, syn_dir, public_dir, spacings) -> None:
+    from fedsynth.common.gan.trainer import resolve_device
+
+    torch.set_num_threads(1)
+    need_syn = syn_dir is not None
+    data = load_benchmark_data(cfg, syn_dir, need_syn, public_dir, spacings)
+    _WORKER["ctx"] = ArmContext(cfg, data, resolve_device(cfg.benchmark.device), work, False)
+
+
+def _worker_run(seed: int, arms: list[str]) -> list[ArmOutcome]:
+    return _run_group(_WORKER["ctx"], seed, arms)
+
+
+def _file_name(arm: str) -> str:
+    """``synthetic->finetune`` -> ``synthetic-finetune``: arm names as file-name parts."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in arm).replace("--", "-")
 
 
 def _path(p: str | Path | None) -> Path | None:
@@ -87,12 +181,21 @@ def write_outputs(out, cfg, data, outcomes, syn_dir, seconds) -> tuple[list[Row]
 
     rows = result_rows(outcomes)
     diffs = paired_differences(rows)
+    patients = patient_rows(outcomes)
+    intervals, comparisons = interval_rows(patients), comparison_rows(patients)
+    curves = curve_rows(outcomes)
     write_csv(out / "results.csv", rows, RESULT_COLUMNS)
-    write_csv(out / "per_patient.csv", patient_rows(outcomes), PATIENT_COLUMNS)
+    write_csv(out / "per_patient.csv", patients, PATIENT_COLUMNS)
     write_csv(out / "differences.csv", diffs, DIFF_COLUMNS)
+    write_csv(out / "intervals.csv", intervals, INTERVAL_COLUMNS)
+    write_csv(out / "comparisons.csv", comparisons, COMPARISON_COLUMNS)
+    write_csv(out / "curves.csv", curves, CURVE_COLUMNS)
     context = {
         "config": f"{cfg.name} (seeds {cfg.seed}..{cfg.seed + cfg.benchmark.seeds - 1}, "
-        f"{cfg.benchmark.steps} steps, batch {cfg.benchmark.batch_size}, {cfg.preprocess.image_size} px)",
+        f"at most {cfg.benchmark.steps} steps, batch {cfg.benchmark.batch_size}, "
+        f"{cfg.preprocess.image_size} px, U-Net {cfg.benchmark.channels} x "
+        f"{cfg.benchmark.res_units} residual units, augmentation "
+        f"{'on' if cfg.benchmark.augment else 'off'})",
         "sites (training patients)": ", ".join(
             f"{s} ({len(c.patients)})" for s, c in data.sites.items()
         ),
@@ -100,9 +203,13 @@ def write_outputs(out, cfg, data, outcomes, syn_dir, seconds) -> tuple[list[Row]
         "synthetic cohort": f"{syn_dir} ({len(data.synthetic.patients)} cases)"
         if data.synthetic
         else "none",
-        "wall time": f"{seconds:.0f} s",
+        "public-only cohort": f"{cfg.benchmark.public_checkpoint}" if data.public else "none",
+        "wall time": f"{seconds:.0f} s ({cfg.benchmark.workers} worker process(es))",
     }
-    atomic_write_text(out / "results.md", markdown(rows, diffs, context))
+    md = markdown(rows, diffs, context, intervals, comparisons, curves)
+    atomic_write_text(out / "results.md", md)
+    for arm in dict.fromkeys(str(c["arm"]) for c in curves):
+        plots.learning_curves(curves, arm, out / f"curves_{_file_name(arm)}.png")
     plots.region_bars(rows, "dice", out / "dice_by_region.png")
     plots.region_bars(rows, "hd95", out / "hd95_by_region.png")
     if diffs:

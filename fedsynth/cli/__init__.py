@@ -14,6 +14,7 @@ none of those libraries.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -73,6 +74,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def describe_os_error(e: OSError) -> str:
+    """One line for an OSError: the path(s) it names and the system's reason."""
+    reason = e.strerror or str(e) or type(e).__name__
+    paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
+    if e.errno in (errno.EEXIST, errno.ENOTDIR):
+        reason += " (a file stands where a folder is needed)"
+    elif e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        reason += " (disk full, quota or file size limit: free space or choose another --out)"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        reason += " (no write permission there: choose another --out)"
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
@@ -85,6 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except FedsynthError as e:
         print(f"fedsynth {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # output is a file, read-only folder, disk full: one line, the path
+        print(f"fedsynth {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"fedsynth {args.command}: interrupted", file=sys.stderr)

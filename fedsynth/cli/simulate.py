@@ -65,9 +65,13 @@ def resolve_run(args: argparse.Namespace) -> tuple[Config, Path]:
         return load_config(saved, overrides), run_dir
     if not args.config or not args.out:
         raise ConfigError("CONFIG", "give CONFIG and --out RUN_DIR, or --resume RUN_DIR")
+    from fedsynth.server.strategy import check_aggregation  # imports Flower: not at --help
+
     run_dir = args.out.expanduser().resolve()
+    cfg = load_config(args.config, overrides)  # first: a bad config must not cost the folder
+    check_aggregation(cfg, cfg.split.sites)
     clear_for_new_output(run_dir, args.overwrite)
-    return load_config(args.config, overrides), run_dir
+    return cfg, run_dir
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +166,19 @@ class FederationConfig:
     round_timeout_s: float = 3600.0  # a site that has not replied by then loses its update
     client_cpus: float = 1.0  # simulation only: CPUs (Ray) reserved per simulated site
     client_gpus: float = 0.0  # simulation only: GPU fraction per simulated site
+    # What one site can do to the global generator (fedsynth.server.bounds, docs/robustness.md).
+    # Bound on a site's update ||w_site - w_global||_2 in units of lr x local_steps x
+    # sqrt(parameters): how far Adam moves the weights if every step moves every weight by lr.
+    # Measured on the smoke config: honest updates 0.5-0.6 of that unit. 0 turns the bound off.
+    update_norm_factor: float = 2.0
+    update_bound: str = "clip"  # beyond the bound: "clip" (scale it down) | "refuse" the update
+    # FedAvg weights: "examples" (num-examples, capped at what the site declared in its first
+    # round) | "equal" (every accepted site weighs the same; a site cannot buy influence)
+    weighting: str = "examples"
+    byzantine_sites: int = 0  # krum / multikrum: sites assumed malicious (f; needs n >= 2f + 3)
+    # Deployment allow-list: site name -> the Flower node id its authentication key was
+    # registered as (flwr supernode register). Empty: the first node to claim a name owns it.
+    site_nodes: dict[str, int] = field(default_factory=dict)
     # Simulation only: address of a running Ray cluster ("<head ip>:6379") whose nodes run
     # the simulated sites; null starts a private Ray instance on this machine.
     ray_address: str | None = None
@@ -220,7 +233,9 @@ BENCHMARK_ARMS: tuple[str, ...] = (
     "synthetic",  # synthetic cohort only (anonymisation)
     "local+synthetic",  # a site's real patients plus the synthetic cohort (augmentation)
     "synthetic->finetune",  # pretrain on synthetic, fine-tune on a site's real patients
-    "fedavg",  # segmentation trained with Flower FedAvg across the sites
+    "fedavg",  # segmentation trained with Flower FedAvg across the sites (not DP)
+    "public-only",  # synthetic cohort of a generator that never saw site data (needs
+    # benchmark.public_checkpoint): what a site gets without the consortium
 )
 
 
@@ -228,14 +243,24 @@ BENCHMARK_ARMS: tuple[str, ...] = (
 class BenchmarkConfig:
     """Segmentation benchmark (``fedsynth benchmark``): which arms, how each model trains."""
 
-    arms: list[str] = field(default_factory=lambda: list(BENCHMARK_ARMS))
+    arms: list[str] = field(
+        default_factory=lambda: [a for a in BENCHMARK_ARMS if a != "public-only"]
+    )
     seeds: int = 3  # repetitions of every arm with seeds cfg.seed + 0, 1, ...
-    segmenter: str = "unet2d"  # fedsynth.common.models.segmenter.SEGMENTERS
+    segmenter: str = "unet2d"  # fedsynth.benchmark.segmenter.SEGMENTERS
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])  # U-Net widths
-    steps: int = 300  # optimisation steps per model (fedavg: rounds x local steps per site)
+    res_units: int = 2  # residual units per U-Net level (MONAI UNet num_res_units)
+    steps: int = 1500  # most optimisation steps per model (fedavg: rounds x local steps)
     batch_size: int = 16  # slices per step
-    lr: float = 1e-3  # Adam
+    lr: float = 2e-3  # Adam
     tumour_slice_prob: float = 0.5  # chance a training slice is drawn among tumour slices
+    augment: bool = True  # random flips and per-contrast intensity jitter
+    val_fraction: float = 0.15  # of each arm's own training patients, for early stopping
+    eval_every: int = 100  # steps between validation scores (the learning curve's points)
+    patience: int = 4  # evaluations without a validation Dice gain > min_delta: stop
+    min_delta: float = 0.005  # smallest validation Dice gain that counts as progress
+    public_checkpoint: str | None = None  # generator that never saw site data (public-only)
+    workers: int = 1  # processes training arms in parallel (each with 1 torch thread if > 1)
     synthetic_cases: int = 40  # cases synthesised when the benchmark is given --checkpoint
     finetune_steps: int = 100  # synthetic->finetune: steps on the site's real data
     finetune_lr: float = 5e-4
@@ -273,6 +298,8 @@ _CHOICES: dict[str, Sequence[str]] = {
     "privacy.accountant": ("rdp", "prv"),
     "synthesis.label_source": ("atlas", "cohort"),
     "synthesis.device": ("auto", "cpu", "cuda"),
+    "federation.update_bound": ("clip", "refuse"),
+    "federation.weighting": ("examples", "equal"),
     "pretrain.source": ("phantom", "cohort"),
     "privacy.trainable": TRAINABLE_CHOICES,
 }
@@ -299,7 +326,28 @@ def _get(cfg: Config, dotted: str) -> Any:
     return obj
 
 
+def _non_finite(obj: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
+    """(dotted key, value) of every inf/nan float in a config dataclass, nested ones too."""
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            yield from _non_finite(value, f"{key}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            yield key, value
+        elif isinstance(value, list):
+            yield from (
+                (f"{key}[{i}]", v)
+                for i, v in enumerate(value)
+                if isinstance(v, float) and not math.isfinite(v)
+            )
+
+
 def _check_ranges(cfg: Config) -> None:
+    # No setting means "infinite": inf passes every "> 0" check below and nan fails none of
+    # the "not ... > 0" ones in a useful way (lr=inf trains to NaN, target_epsilon=inf trains
+    # with noise while claiming a budget). Refuse them first, by name.
+    for key, value in _non_finite(cfg):
+        raise ConfigError(key, f"must be a finite number, got {value}")
     for key, choices in _CHOICES.items():
         if _get(cfg, key) not in choices:
             raise ConfigError(key, f"must be one of {', '.join(choices)}; got {_get(cfg, key)!r}")
@@ -329,6 +377,16 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError("preprocess.image_size", "must be a multiple of 16 (U-Net depth)")
     if cfg.data.source == "cohort" and not cfg.data.cohort_dir:
         raise ConfigError("data.cohort_dir", "required when data.source is 'cohort'")
+    for key in ("train.lr", "benchmark.lr", "benchmark.finetune_lr"):
+        if _get(cfg, key) > 1.0:  # Adam moves each weight by ~lr per step; beyond 1 it overflows
+            raise ConfigError(key, f"must be <= 1 (an Adam learning rate), got {_get(cfg, key)}")
+    if cfg.federation.update_norm_factor < 0:
+        raise ConfigError(
+            "federation.update_norm_factor",
+            f"must be >= 0 (0: off), got {cfg.federation.update_norm_factor}",
+        )
+    if cfg.federation.byzantine_sites < 0:
+        raise ConfigError("federation.byzantine_sites", "must be >= 0")
     if not 0.0 <= cfg.pretrain.ema_decay < 1.0:
         raise ConfigError("pretrain.ema_decay", f"must be in [0, 1), got {cfg.pretrain.ema_decay}")
     if cfg.pretrain.source == "cohort" and not cfg.pretrain.cohort_dir:
@@ -419,6 +477,24 @@ def _check_benchmark(b: BenchmarkConfig) -> None:
     for key in ("finetune_steps", "overlay_patients"):
         if getattr(b, key) < 0:
             raise ConfigError(f"benchmark.{key}", f"must be >= 0, got {getattr(b, key)}")
+    for key in ("patience", "workers"):
+        if getattr(b, key) < 1:
+            raise ConfigError(f"benchmark.{key}", f"must be >= 1, got {getattr(b, key)}")
+    for key in ("res_units", "min_delta"):
+        if getattr(b, key) < 0:
+            raise ConfigError(f"benchmark.{key}", f"must be >= 0, got {getattr(b, key)}")
+    if not 0 < b.eval_every <= b.steps:
+        raise ConfigError(
+            "benchmark.eval_every", f"must be in [1, benchmark.steps], got {b.eval_every}"
+        )
+    if not 0.0 <= b.val_fraction < 1.0:
+        raise ConfigError("benchmark.val_fraction", f"must be in [0, 1), got {b.val_fraction}")
+    if "public-only" in b.arms and not b.public_checkpoint:
+        raise ConfigError(
+            "benchmark.public_checkpoint",
+            "arm public-only needs the path of a generator checkpoint that never saw site data "
+            "(fedsynth pretrain writes one)",
+        )
     if not 1 <= b.fedavg_rounds <= b.steps:
         raise ConfigError(
             "benchmark.fedavg_rounds", f"must be in [1, benchmark.steps], got {b.fedavg_rounds}"

@@ -40,8 +40,23 @@ class CheckpointError(FedsynthError):
         super().__init__(f"checkpoint {self.path}: {problem}")
 
 
+class TrainingDivergedError(FedsynthError):
+    """Training produced non-finite weights; nothing of that step was saved."""
+
+
 class PrivacyBudgetError(FedsynthError):
     """Taking the requested steps would spend more privacy than the budget allows."""
+
+
+class ForeignFolderError(FedsynthError):
+    """``--overwrite`` was asked to delete a folder fedsynth did not make."""
+
+    def __init__(self, path: str | Path, marker: str):
+        self.path = Path(path)
+        super().__init__(
+            f"{self.path} is not an output folder fedsynth made (no {marker} marker inside); "
+            "--overwrite deletes only those: remove it yourself or choose another --out"
+        )
 
 
 class IncompleteRunError(FedsynthError):

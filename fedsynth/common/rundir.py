@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +65,8 @@ from fedsynth.common.io.atomic import (
     atomic_path,
     atomic_write_json,
     atomic_write_text,
+    mark_output,
+    remove_output,
 )
 
 CONFIG_FILE = "config.yaml"
@@ -115,6 +116,7 @@ class RunDir:
     def create(self, cfg: Config, overwrite: bool = False) -> None:
         """Start a fresh run; OutputExistsError if the folder has content and not ``overwrite``."""
         clear_for_new_output(self.root, overwrite)
+        mark_output(self.root)
         for d in (self.checkpoints, self.samples, self.plots):
             d.mkdir(parents=True, exist_ok=True)
         self.write_config(cfg)
@@ -141,11 +143,12 @@ class RunDir:
                 "state": self.state_checkpoint(step).name,
                 **extra,
             },
+            durable=True,  # resume reads it after a crash
         )
 
     def publish_generator(self, checkpoint: Path) -> Path:
         """Copy ``checkpoint`` to checkpoints/generator.safetensors atomically; return the copy."""
-        with atomic_path(self.generator) as tmp:
+        with atomic_path(self.generator, durable=True) as tmp:
             tmp.write_bytes(Path(checkpoint).read_bytes())
         return self.generator
 
@@ -269,11 +272,12 @@ class DemoDir:
 
 def clear_for_new_output(root: Path, overwrite: bool) -> None:
     """Make ``root`` ready for a new output: OutputExistsError if it has content, unless
-    ``overwrite`` (then it is removed)."""
-    if root.exists() and any(root.iterdir()):
+    ``overwrite`` and fedsynth made it (``OUTPUT_MARKER``: then it is removed;
+    ForeignFolderError naming it otherwise). Validate the config before calling this."""
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
         if not overwrite:
             raise OutputExistsError(root)
-        shutil.rmtree(root)
+        remove_output(root)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

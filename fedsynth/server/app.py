@@ -27,13 +27,14 @@ from flwr.serverapp import Grid, ServerApp
 from fedsynth.common.config import Config, config_to_yaml, load_config
 from fedsynth.common.errors import ConfigError
 from fedsynth.common.gan.init import apply_init, load_init
+from fedsynth.common.io.atomic import mark_output
 from fedsynth.common.models.registry import build_generator
 from fedsynth.common.rundir import RunDir
 from fedsynth.server import checkpointing
 from fedsynth.server.evaluation import HeldOutEvaluator
 from fedsynth.server.polling import ProportionalPollGrid
 from fedsynth.server.rounds import RoundRecorder
-from fedsynth.server.strategy import build_strategy, strategy_class
+from fedsynth.server.strategy import build_strategy, check_aggregation
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def settings_from_run_config(run_config: dict[str, object]) -> ServerSettings:
     path = _find_config(str(run_config["config"]))
     overrides = shlex.split(str(run_config.get("overrides", "")))
     cfg = load_config(path, overrides)
-    strategy_class(cfg.federation.aggregation)  # refuse an unknown name before any file is written
+    check_aggregation(cfg, cfg.split.sites)  # refuse a bad rule before any file is written
     run_dir = Path(str(run_config.get("run-dir") or f"runs/{cfg.name}-flwr")).expanduser().resolve()
     return ServerSettings(cfg, run_dir, expected_sites=cfg.split.sites)
 
@@ -106,7 +107,7 @@ def train_config(cfg: Config, run_dir: Path) -> ConfigRecord:
 def run_server(grid: Grid, settings: ServerSettings) -> checkpointing.ServerState:
     """Run (or resume) the federation of ``settings.run_dir`` until ``federation.rounds``."""
     cfg, run_dir = settings.cfg, settings.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    mark_output(run_dir)  # fedsynth's run folder: --overwrite may replace it later
     write_run_config(run_dir, cfg)
     resume = checkpointing.load_resume_point(run_dir)
     if resume is None:
@@ -122,7 +123,10 @@ def run_server(grid: Grid, settings: ServerSettings) -> checkpointing.ServerStat
         log.info("%s already completed %d of %d rounds", run_dir, state.round, state.rounds)
         recorder.finish()
         return state
-    strategy = build_strategy(cfg, expected_sites=settings.expected_sites, round_offset=state.round)
+    strategy = build_strategy(
+        cfg, expected_sites=settings.expected_sites, round_offset=state.round,
+        declared=state.declared,
+    )  # fmt: skip
     recorder.strategy = strategy
     try:
         strategy.start(

@@ -44,6 +44,8 @@ class ServerState:
     history: list[dict[str, Any]] = field(default_factory=list)  # one summary per round
     sites: dict[str, dict[str, Any]] = field(default_factory=dict)  # latest privacy per site
     seconds: float = 0.0  # wall time of completed rounds
+    declared: dict[str, float] = field(default_factory=dict)  # site -> first num-examples
+    site_nodes: dict[str, int] = field(default_factory=dict)  # site -> node id that was it
 
 
 def save_generator(
@@ -88,7 +90,7 @@ def commit_round(run_dir: Path, state: ServerState) -> None:
     ckpt = run.checkpoints / state.checkpoint
     if not state.checkpoint or not ckpt.is_file():
         raise CheckpointError(ckpt, "missing; save_checkpoint must run before commit_round")
-    atomic_write_json(run.server_state, asdict(state))
+    atomic_write_json(run.server_state, asdict(state), durable=True)  # the commit point
     atomic_write_json(
         run.latest,
         {
@@ -97,6 +99,7 @@ def commit_round(run_dir: Path, state: ServerState) -> None:
             "generator": ckpt.name,
             "state": run.server_state.name,
         },
+        durable=True,
     )
     run.publish_generator(ckpt)
     for old in sorted(run.checkpoints.glob("generator_*.safetensors"))[:-KEEP_ROUNDS]:

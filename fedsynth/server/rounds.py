@@ -36,10 +36,17 @@ from flwr.app import ArrayRecord, MetricRecord
 
 from fedsynth.common.config import Config
 from fedsynth.common.io.atomic import append_jsonl
+from fedsynth.common.privacy.binding import PRIVACY_KEY, checkpoint_summary
 from fedsynth.common.rundir import RunDir
 from fedsynth.server import checkpointing
 from fedsynth.server.privacy_report import site_privacy_entry, write_federated_privacy
-from fedsynth.server.strategy import DECLINED, OK, GeneratorUpdates, RoundOutcome, round_metrics
+from fedsynth.server.strategy import (
+    DECLINED,
+    OK,
+    GeneratorUpdates,
+    RoundOutcome,
+    round_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +83,8 @@ def round_row(
         "step": outcome.round * local_steps,
     }
     row.update({k.replace("-", "_"): _clean(float(v)) for k, v in metrics.items()})  # type: ignore[arg-type]
+    if outcome.reason:
+        row["reason"] = outcome.reason  # why the global generator did not change
     row["epsilon"] = row.get("epsilon_max")  # worst site: the run's epsilon, as in central rows
     row["seconds"] = round(seconds, 3)
     return row
@@ -127,15 +136,27 @@ class RoundRecorder:
         outcome = self.strategy.last_round  # a new object each round: not mutated later
         weights = {k: a.numpy() for k, a in arrays.items()}  # new arrays (np.load)
         seconds, self._round_started = now - self._round_started, now
-        job = self._writer.submit(self._evaluate_and_record, outcome, weights, seconds)
+        # Copied here: the strategy changes them in the next round while the writer runs.
+        identities = self._identities()
+        job = self._writer.submit(self._evaluate_and_record, outcome, weights, seconds, identities)
         self._pending.append(job)
         return None
 
+    def _identities(self) -> tuple[dict[str, float], dict[str, int]] | None:
+        """(declared example counts, site -> node id) of the strategy, copied."""
+        if self.strategy is None:
+            return None
+        return dict(self.strategy.declared), dict(self.strategy.owners)
+
     def _evaluate_and_record(
-        self, outcome: RoundOutcome, weights: dict[str, np.ndarray], seconds: float
+        self,
+        outcome: RoundOutcome,
+        weights: dict[str, np.ndarray],
+        seconds: float,
+        identities: tuple[dict[str, float], dict[str, int]] | None,
     ) -> None:
         quality = self.evaluator(outcome.round, weights) if self.evaluator else {}
-        self.record(outcome, weights, quality, seconds)
+        self.record(outcome, weights, quality, seconds, identities=identities)
 
     def _raise_failed(self) -> None:
         """Re-raise the first error of a finished background recording (disk full, ...)."""
@@ -157,15 +178,28 @@ class RoundRecorder:
         weights: dict[str, np.ndarray],
         quality: dict[str, Any],
         seconds: float,
+        *,
+        identities: tuple[dict[str, float], dict[str, int]] | None = None,
     ) -> None:
-        """Checkpoint, rows, then the commit (see checkpointing's write order)."""
+        """Checkpoint, rows, then the commit (see checkpointing's write order).
+
+        ``identities``: the strategy's (declared counts, site owners) as copied when the
+        round ended; None reads them from the strategy now.
+        """
         local = self.cfg.federation.local_steps
         metrics = round_metrics(outcome)
         eps = float(metrics["epsilon-max"]) if "epsilon-max" in metrics else math.inf
+        for s in outcome.sites:
+            if s.status in (OK, DECLINED):  # an accountant report the site stands behind
+                self.state.sites[s.site] = site_privacy_entry(
+                    s.metrics, s.history, self.cfg.privacy.enabled
+                )
+        report = self.finish()  # privacy.json first: the checkpoint carries its digest
         path = checkpointing.save_checkpoint(
             self.run_dir, self.cfg, outcome.round, weights,
             {"epsilon": _clean(eps), "delta": self.cfg.privacy.delta, "dp_enabled": self.cfg.privacy.enabled,
-             "federated": True, "sites": len(outcome.sites)},
+             "federated": True, "sites": len(outcome.sites),
+             **({PRIVACY_KEY: checkpoint_summary(report)} if report else {})},
         )  # fmt: skip
         summary = round_row(outcome, metrics, seconds, local)
         summary.update(quality)
@@ -175,17 +209,15 @@ class RoundRecorder:
         for s in outcome.sites:
             if s.reply:
                 append_jsonl(run.replies, {"round": outcome.round, "site": s.site, **s.reply})
-        for s in outcome.sites:
-            if s.status in (OK, DECLINED):  # an accountant report the site stands behind
-                self.state.sites[s.site] = site_privacy_entry(
-                    s.metrics, s.history, self.cfg.privacy.enabled
-                )
+        identities = identities if identities is not None else self._identities()
+        if identities is not None:  # weight caps survive a resume; who was which site
+            self.state.declared = identities[0]
+            self.state.site_nodes.update(identities[1])
         self.state.round = outcome.round
         self.state.checkpoint = path.name
         self.state.seconds += seconds
         self.state.history.append(summary)
         checkpointing.commit_round(self.run_dir, self.state)
-        self.finish()
         self._log_progress(outcome, summary)
 
     def _log_progress(self, outcome: RoundOutcome, summary: dict[str, Any]) -> None:
@@ -196,11 +228,13 @@ class RoundRecorder:
         log.info(
             "round %d/%d: %d/%d sites ok%s, epsilon max %s, %s, %.1f s",
             outcome.round, self.state.rounds, outcome.count(OK), len(outcome.sites),
-            "" if outcome.aggregated else " (NOT aggregated: too few sites)",
+            "" if outcome.aggregated else f" (NOT aggregated: {outcome.reason})",
             "n/a" if eps is None else f"{eps:.2f}", losses or "no losses", summary["seconds"],
         )  # fmt: skip
 
-    def finish(self) -> None:
-        """Write privacy.json from the latest per-site accountant reports."""
-        if self.state.sites:
-            write_federated_privacy(self.run_dir, self.cfg, self.state.sites)
+    def finish(self) -> dict[str, Any] | None:
+        """Write privacy.json from the latest per-site accountant reports; return it (None
+        before any site reported)."""
+        if not self.state.sites:
+            return None
+        return write_federated_privacy(self.run_dir, self.cfg, self.state.sites)

@@ -8,6 +8,15 @@ spent) or failed (an error reply) or did not answer in time is recorded too. The
 replies then go to Flower's own ``FedAvg`` / ``FedMedian`` / ``FedTrimmedAvg`` aggregation,
 unchanged, through ``super().aggregate_train``. ``start()`` is Flower's loop, unchanged.
 
+The server trusts no single site (``fedsynth.server.bounds``, docs/robustness.md): each
+update's norm is bounded relative to the global model (clipped or refused beyond
+``federation.update_norm_factor``), each site's weight is capped at the patients it declared in
+its first round (or all weigh the same), and an aggregate with non-finite values is dropped
+(the global generator stays, the round is recorded as failed with the reason). Sites are
+keyed by the node id the engine authenticated; the site name a reply claims is only a label,
+bound to the first node that claims it (or to the node ``federation.site_nodes`` lists): a
+second node claiming a bound name, or two nodes claiming one name in one round, are refused.
+
 The outcome of each round (one ``SiteOutcome`` per site) is kept on ``last_round`` for the
 ServerApp's per-round hook, which writes metrics and checkpoints.
 
@@ -25,13 +34,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, MultiKrum
 
 from fedsynth.common.config import Config, FederationConfig
 from fedsynth.common.errors import ConfigError
 from fedsynth.common.sites import site_name
+from fedsynth.server import bounds
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +80,7 @@ class SiteOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
     reply: dict[str, Any] = field(default_factory=dict)  # audit: what crossed the network
     history: dict[str, list[float]] = field(default_factory=dict)  # "history-*" metric lists
+    claimed: bool = False  # the reply named a site (a claim, checked against the node id)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -85,7 +96,8 @@ class SiteOutcome:
 class RoundOutcome:
     round: int
     sites: list[SiteOutcome]
-    aggregated: bool  # False: too few accepted updates, the global generator is unchanged
+    aggregated: bool  # False: the global generator is unchanged (see ``reason``)
+    reason: str = ""  # why the round did not aggregate
 
     def count(self, status: str) -> int:
         return sum(s.status == status for s in self.sites)
@@ -152,27 +164,54 @@ class GeneratorUpdates:
 
     min_sites: int
     round_offset: int
+    _expected: int  # sites of the federation
+    lr: float  # the sites' Adam learning rate (scale of the update bound)
     last_round: RoundOutcome | None
+    declared: dict[str, float]  # site -> num-examples of its first round (weight cap)
 
     @classmethod
     def options(cls, fed: FederationConfig) -> dict[str, Any]:
         """Constructor arguments of the Flower strategy beyond those every strategy gets."""
         return {}
 
-    def _setup(self, *, min_sites: int, round_offset: int) -> None:
-        if min_sites < 1:
-            raise ConfigError("federation.min_sites", f"must be >= 1, got {min_sites}")
-        self.min_sites = min_sites
+    @classmethod
+    def check_sites(cls, fed: FederationConfig, sites: int) -> None:
+        """ConfigError if the rule cannot do what it promises with ``sites`` sites."""
+
+    def _setup(
+        self,
+        fed: FederationConfig,
+        *,
+        round_offset: int = 0,
+        declared: Mapping[str, float] | None = None,
+    ) -> None:
+        if fed.min_sites < 1:
+            raise ConfigError("federation.min_sites", f"must be >= 1, got {fed.min_sites}")
+        self.fed = fed
+        self.min_sites = fed.min_sites
         self.round_offset = round_offset  # rounds completed before this start() (resume)
         self.last_round = None
+        self.declared = dict(declared or {})  # kept in the server state across a resume
         self._reference: dict[str, tuple[tuple[int, ...], str]] = {}
+        self._global: dict[str, np.ndarray] | None = None  # weights sent this round
+        self._bound = math.inf
         self._sent_to: list[int] = []
-        self._node_sites: dict[int, str] = {}  # node id -> site name, learnt from replies
+        self._owners: dict[str, int] = {}  # site name -> the node id that owns it
+        self._names: dict[int, str] = {}  # node id -> its site name (bound)
+        self._labels: dict[int, str] = {}  # node id -> name seen in an error (unverified)
+
+    def set_global(self, arrays: ArrayRecord) -> None:
+        """The global generator sent this round: the reference for shapes and update norms."""
+        self._reference = array_spec(arrays)
+        self._global = {k: a.numpy() for k, a in arrays.items()}
+        self._bound = bounds.norm_bound(
+            self._global, self.fed.update_norm_factor, lr=self.lr, steps=self.fed.local_steps
+        )
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._reference = array_spec(arrays)
+        self.set_global(arrays)
         messages = list(
             super().configure_train(server_round + self.round_offset, arrays, config, grid)
         )  # type: ignore[misc]
@@ -188,33 +227,50 @@ class GeneratorUpdates:
         answered = {m.metadata.src_node_id for m in replies}
         for node in self._sent_to:
             if node not in answered:
-                site = self._node_sites.get(node, f"node-{node}")
+                site = self._label(node)
                 log.warning(
                     "round %d: %s (node %d) did not answer in time", server_round, site, node
                 )
                 outcomes.append(
                     SiteOutcome(site, node, TIMED_OUT, "no reply before the round timeout")
                 )
-        arrays = None
+        arrays, reason = None, ""
         if len(accepted) >= self.min_sites:
+            self.warn_if_weak(server_round, len(accepted))
             arrays, _ = super().aggregate_train(server_round, accepted)  # type: ignore[misc]
+            bad = bounds.non_finite_keys({k: a.numpy() for k, a in (arrays or {}).items()})
+            if bad:  # e.g. finite updates whose weighted sum overflows float32
+                arrays, reason = None, f"the aggregate has non-finite values in {bad[:3]}"
         else:
+            reason = f"{len(accepted)} accepted updates, fewer than federation.min_sites={self.min_sites}"
+        if reason:
             log.warning(
-                "round %d: %d accepted updates, fewer than federation.min_sites=%d; "
-                "the global generator stays as it was",
-                server_round, len(accepted), self.min_sites,
-            )  # fmt: skip
+                "round %d failed: %s; the global generator stays as it was", server_round, reason
+            )
         outcomes.sort(key=lambda o: o.site)
-        self.last_round = RoundOutcome(server_round, outcomes, aggregated=arrays is not None)
+        self.last_round = RoundOutcome(server_round, outcomes, arrays is not None, reason)
         return arrays, round_metrics(self.last_round)
+
+    def warn_if_weak(self, server_round: int, accepted: int) -> None:
+        """Hook: log when this round's rule cannot protect what it promises (see subclasses)."""
+
+    @property
+    def owners(self) -> dict[str, int]:
+        """Site name -> the node id bound to it so far."""
+        return dict(self._owners)
+
+    def _label(self, node: int) -> str:
+        return self._names.get(node) or self._labels.get(node) or f"node-{node}"
 
     def screen_replies(self, replies: list[Message]) -> tuple[list[SiteOutcome], list[Message]]:
         """Classify each reply; return all outcomes and the replies fit to aggregate."""
-        outcomes: list[SiteOutcome] = []
+        outcomes = [self._screen_one(msg) for msg in replies]
+        self._resolve_identities(outcomes)
         accepted: list[Message] = []
         metric_keys: set[str] | None = None
-        for msg in replies:
-            outcome = self._screen_one(msg)
+        for msg, outcome in zip(replies, outcomes, strict=True):
+            if outcome.status == OK:
+                self._weigh(msg, outcome)
             if outcome.status == OK:
                 keys = set(outcome.metrics)
                 metric_keys = keys if metric_keys is None else metric_keys
@@ -230,17 +286,70 @@ class GeneratorUpdates:
                     outcome.status,
                     outcome.reason,
                 )
-            outcomes.append(outcome)
         return outcomes, accepted
+
+    def _resolve_identities(self, outcomes: list[SiteOutcome]) -> None:
+        """Bind claimed site names to node ids; refuse claims of a name another node holds.
+
+        The node id is what the engine authenticated (in deployment, bound to the SuperNode's
+        key); the name is only what the reply says. A refused claimant is labelled by its
+        node id so that it cannot write into the claimed site's rows or privacy entry.
+        """
+        claims: dict[str, set[int]] = {}
+        for o in outcomes:
+            if o.claimed:
+                claims.setdefault(o.site, set()).add(o.node_id)
+        for o in outcomes:
+            if not o.claimed:
+                continue
+            problem = self._identity_problem(o.node_id, o.site, claims[o.site])
+            if problem:
+                o.status, o.reason, o.site = REFUSED, problem, f"node-{o.node_id}"
+            else:
+                self._owners[o.site], self._names[o.node_id] = o.node_id, o.site
+
+    def _identity_problem(self, node: int, name: str, claimants: set[int]) -> str:
+        allowed = self.fed.site_nodes
+        if allowed:
+            if name not in allowed:
+                return f"claims to be {name}, which federation.site_nodes does not list"
+            if allowed[name] != node:
+                return f"claims to be {name}, which federation.site_nodes binds to node {allowed[name]}"
+            return ""
+        owner = self._owners.get(name)
+        if owner is not None and owner != node:
+            return f"claims to be {name}, which node {owner} is"
+        if node in self._names and self._names[node] != name:
+            return f"was {self._names[node]}, now claims to be {name}"
+        if owner is None and len(claimants) > 1:
+            others = sorted(claimants - {node})
+            return f"claims to be {name}, as node(s) {others} do this round: one name, one node"
+        return ""
+
+    def _weigh(self, msg: Message, outcome: SiteOutcome) -> None:
+        """Set the reply's aggregation weight: capped at the site's first declared count, or
+        1 for every site with ``federation.weighting=equal``."""
+        claimed = outcome.metrics[WEIGHT_KEY]
+        first = self.declared.get(outcome.site)
+        if first is None:
+            self.declared[outcome.site] = claimed
+        weight = 1.0 if self.fed.weighting == "equal" else bounds.capped_weight(claimed, first)
+        if weight < claimed and self.fed.weighting != "equal":
+            log.warning(
+                "%s (node %d) claims %g examples, more than the %g it declared in its first "
+                "round; weighted as %g", outcome.site, outcome.node_id, claimed, first, weight,
+            )  # fmt: skip
+        outcome.metrics["weight"] = weight
+        next(iter(msg.content.metric_records.values()))[WEIGHT_KEY] = weight
 
     def _screen_one(self, msg: Message) -> SiteOutcome:
         node = msg.metadata.src_node_id
-        site = self._node_sites.get(node, f"node-{node}")
+        site = self._label(node)
         if msg.has_error():
             reason = short_reason(str(msg.error.reason))
             named = _SITE_IN_ERROR.search(reason)  # fedsynth.client.app.SiteError names its site
-            if named and node not in self._node_sites:
-                site = self._node_sites[node] = named.group(1)
+            if named and node not in self._names:  # a label only: it is not verified
+                site = self._labels[node] = named.group(1)
             return SiteOutcome(site, node, FAILED, reason)
         audit = reply_audit(msg)
         content = msg.content
@@ -264,20 +373,49 @@ class GeneratorUpdates:
                 site, node, REFUSED, f"MetricRecord lacks {missing} or holds lists", reply=audit
             )
         site = _site_name(metrics["site-index"], node)
-        self._node_sites[node] = site
         scalars = {k: float(v) for k, v in metrics.items() if not isinstance(v, list)}
-        outcome = SiteOutcome(site, node, OK, metrics=scalars, reply=audit)
+        outcome = SiteOutcome(site, node, OK, metrics=scalars, reply=audit, claimed=True)
         outcome.history = {k: list(v) for k, v in metrics.items() if isinstance(v, list)}
         if metrics["declined"]:
             outcome.status, outcome.reason = DECLINED, "privacy budget would be exceeded"
             return outcome
-        if not metrics[WEIGHT_KEY] > 0:
-            outcome.status, outcome.reason = REFUSED, f"{WEIGHT_KEY} must be > 0"
+        count = float(metrics[WEIGHT_KEY])
+        if not (math.isfinite(count) and count > 0):
+            outcome.status, outcome.reason = (
+                REFUSED,
+                f"{WEIGHT_KEY} must be finite and > 0, got {count}",
+            )
             return outcome
-        problems = check_update(next(iter(content.array_records.values())), self._reference)
+        name, arrays = next(iter(content.array_records.items()))
+        problems = check_update(arrays, self._reference)
         if problems:
             outcome.status, outcome.reason = REFUSED, "; ".join(problems[:3])
+            return outcome
+        self._bound_update(content, name, outcome)
         return outcome
+
+    def _bound_update(self, content: Any, name: str, outcome: SiteOutcome) -> None:
+        """Measure the update's norm against the global weights; clip or refuse it beyond
+        the bound (``federation.update_norm_factor``, ``federation.update_bound``)."""
+        if self._global is None:  # no global generator sent (unit tests of the screening)
+            return
+        update = {k: a.numpy() for k, a in content[name].items()}
+        norm = bounds.update_norm(update, self._global)
+        outcome.metrics["update-norm"] = norm
+        if norm <= self._bound:
+            return
+        what = (
+            f"update norm {norm:.4g} exceeds the bound {self._bound:.4g} "
+            f"(federation.update_norm_factor={self.fed.update_norm_factor:g} x lr x local_steps"
+            " x sqrt(parameters))"
+        )
+        if self.fed.update_bound == "refuse":
+            outcome.status, outcome.reason = REFUSED, what
+            return
+        clipped = bounds.clip_update(update, self._global, self._bound)
+        content[name] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in clipped.items()})
+        outcome.reason = f"{what}: clipped to it"
+        log.warning("%s (node %d): %s", outcome.site, outcome.node_id, outcome.reason)
 
 
 def short_reason(reason: str) -> str:
@@ -324,11 +462,69 @@ class GeneratorFedMedian(GeneratorUpdates, FedMedian):
 
 
 class GeneratorTrimmedMean(GeneratorUpdates, FedTrimmedAvg):
-    """Coordinate-wise trimmed mean; ``beta`` = fraction cut from each tail."""
+    """Coordinate-wise trimmed mean; ``beta`` = fraction cut from each tail.
+
+    Flower cuts ``int(beta x n)`` updates from each tail: with fewer than ``ceil(1 / beta)``
+    updates it cuts none and is a plain mean. ``check_sites`` refuses such a federation at
+    config time; a round where fewer sites answer is logged.
+    """
 
     @classmethod
     def options(cls, fed: FederationConfig) -> dict[str, Any]:
         return {"beta": fed.trim_fraction}
+
+    @classmethod
+    def check_sites(cls, fed: FederationConfig, sites: int) -> None:
+        if int(fed.trim_fraction * sites) < 1:
+            need = math.ceil(1 / fed.trim_fraction) if fed.trim_fraction > 0 else "any number of"
+            raise ConfigError(
+                "federation.trim_fraction",
+                f"{fed.trim_fraction:g} x {sites} sites trims int({fed.trim_fraction * sites:g})"
+                f" = 0 updates from each tail (a plain mean); trimmed-mean needs at least "
+                f"{need} sites at this fraction, or trim_fraction >= {1 / sites:.3g}",
+            )
+
+    def warn_if_weak(self, server_round: int, accepted: int) -> None:
+        if int(self.beta * accepted) < 1:
+            log.warning(
+                "round %d: %d accepted updates: trim_fraction %g trims none (plain mean)",
+                server_round, accepted, self.beta,
+            )  # fmt: skip
+
+
+class GeneratorMultiKrum(GeneratorUpdates, MultiKrum):
+    """Multi-Krum (Blanchard et al. 2017): average the ``n - f`` updates closest to their
+    ``n - f - 2`` nearest neighbours; ``f`` = ``federation.byzantine_sites``.
+
+    Tolerates ``f`` arbitrary updates when ``n >= 2f + 3`` (checked at config time).
+    """
+
+    @classmethod
+    def options(cls, fed: FederationConfig) -> dict[str, Any]:
+        return {"num_malicious_nodes": fed.byzantine_sites}
+
+    @classmethod
+    def check_sites(cls, fed: FederationConfig, sites: int) -> None:
+        if sites < 2 * fed.byzantine_sites + 3:
+            raise ConfigError(
+                "federation.byzantine_sites",
+                f"{fed.aggregation} tolerates f={fed.byzantine_sites} malicious sites only with "
+                f"at least 2f + 3 = {2 * fed.byzantine_sites + 3} sites, the federation has {sites}",
+            )
+
+    def _setup(self, fed: FederationConfig, **kw: Any) -> None:
+        super()._setup(fed, **kw)
+        self.num_nodes_to_select = self.selected(fed)
+
+    def selected(self, fed: FederationConfig) -> int:
+        return max(1, self._expected - fed.byzantine_sites)
+
+
+class GeneratorKrum(GeneratorMultiKrum):
+    """Krum: the one update closest to its ``n - f - 2`` nearest neighbours becomes the model."""
+
+    def selected(self, fed: FederationConfig) -> int:
+        return 1
 
 
 # federation.aggregation -> strategy class.
@@ -336,6 +532,8 @@ STRATEGIES: dict[str, type[GeneratorUpdates]] = {
     "fedavg": GeneratorFedAvg,
     "fedmedian": GeneratorFedMedian,
     "trimmed-mean": GeneratorTrimmedMean,
+    "krum": GeneratorKrum,
+    "multikrum": GeneratorMultiKrum,
 }
 
 
@@ -349,11 +547,26 @@ def strategy_class(name: str) -> type[GeneratorUpdates]:
     return STRATEGIES[name]
 
 
-def build_strategy(cfg: Config, *, expected_sites: int, round_offset: int = 0) -> FedAvg:
+def check_aggregation(cfg: Config, sites: int) -> type[GeneratorUpdates]:
+    """The registered class of ``cfg``'s aggregation, checked against ``sites`` sites:
+    ConfigError before a run writes anything."""
+    cls = strategy_class(cfg.federation.aggregation)
+    cls.check_sites(cfg.federation, sites)
+    return cls
+
+
+def build_strategy(
+    cfg: Config,
+    *,
+    expected_sites: int,
+    round_offset: int = 0,
+    declared: Mapping[str, float] | None = None,
+) -> FedAvg:
     """The strategy of ``cfg.federation.aggregation``, training every connected site each round.
 
     ``expected_sites``: the strategy waits until that many sites are connected before the
     first round. Federated evaluation is off (held-out evaluation happens at the server).
+    ``declared``: each site's first-round patient count (weight cap) of a resumed run.
     """
     fed = cfg.federation
     cls = strategy_class(fed.aggregation)
@@ -372,6 +585,9 @@ def build_strategy(cfg: Config, *, expected_sites: int, round_offset: int = 0) -
         # with different lengths; round_metrics summarises a round instead.
         "train_metrics_aggr_fn": _no_metric_average,
     }
+    cls.check_sites(fed, expected_sites)
     strategy = cls(**common, **cls.options(fed))  # type: ignore[call-arg]
-    strategy._setup(min_sites=fed.min_sites, round_offset=round_offset)
+    strategy._expected = expected_sites
+    strategy.lr = cfg.train.lr
+    strategy._setup(fed, round_offset=round_offset, declared=declared)
     return strategy  # type: ignore[return-value]

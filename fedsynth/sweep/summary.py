@@ -17,8 +17,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from fedsynth.benchmark.metrics import REGIONS
 from fedsynth.common.io.atomic import atomic_write_text, save_figure
-from fedsynth.common.metrics.segmentation import REGIONS
 from fedsynth.common.rundir import RunDir, SweepDir
 from fedsynth.sweep.budgets import SYNTHETIC_ARMS, label
 

@@ -2,9 +2,15 @@
 
 The datasheet says what a synthetic cohort is made of and what it may reveal: which
 generator (file hash, training run, rounds or steps, sites), under which privacy guarantee
-(epsilon and delta per site and the worst case, from the run's ``privacy.json``, or in words
-that there was none), from which label maps (source and every edit, per case) and with which
+(epsilon and delta per site and the worst case, or in words that there was none), from which label maps (source and every edit, per case) and with which
 seed and fedsynth version, on which date.
+
+The privacy section describes the checkpoint, not the folder it lies in: the checkpoint's
+metadata carries a summary of its privacy record and the record's digest
+(``fedsynth.common.privacy.binding``). The run's ``privacy.json`` gives the per-site detail
+only when its digest matches; a checkpoint whose summary contradicts the ``privacy.json``
+beside it (e.g. a non-DP generator copied into a DP run's folder) is refused; a checkpoint
+without a summary is described as of unknown privacy (treat as none).
 """
 
 from __future__ import annotations
@@ -22,30 +28,63 @@ from fedsynth import __version__
 from fedsynth.common.config import Config
 from fedsynth.common.data.brats import MODALITIES
 from fedsynth.common.data.preprocess import display_view
+from fedsynth.common.errors import CheckpointError
+from fedsynth.common.gan.init import public_pretraining
 from fedsynth.common.io.atomic import save_figure
-from fedsynth.common.rundir import RunDir
+from fedsynth.common.privacy.binding import PRIVACY_KEY, contradictions, record_digest
+from fedsynth.common.rundir import PRIVACY_FILE, RunDir
 
 DATASHEET_VERSION = 1
 NO_DP_WORDS = "no differential privacy: epsilon is infinite; the generator may memorise patients"
 UNKNOWN_PRIVACY = (
-    "unknown: no privacy.json found with the checkpoint; treat as no differential privacy"
+    "unknown: the checkpoint carries no privacy record (made by an older fedsynth or "
+    "elsewhere); treat as no differential privacy"
 )
 
 
-def privacy_section(run_dir: Path | None) -> dict[str, Any]:
-    """epsilon/delta per site and worst case from ``run_dir/privacy.json``.
+def privacy_section(gen: Any) -> dict[str, Any]:
+    """What the checkpoint ``gen`` (a LoadedGenerator) is bound to, in the format below.
 
     Returns {"dp_enabled", "delta", "unit", "sites": {site: {"epsilon", "delta"}},
-    "worst_epsilon", "statement"}; epsilon None means infinite (no DP).
+    "worst_epsilon", "statement", "source"}; epsilon None means infinite (no DP); "source"
+    is the record file name (digest matched), "checkpoint" (its own summary) or None (unknown).
+    CheckpointError if the run's privacy.json contradicts the checkpoint's summary.
     """
-    report = RunDir(run_dir).read_privacy() if run_dir is not None else None
-    if report is None:
+    summary = gen.extra.get(PRIVACY_KEY)
+    if not isinstance(summary, dict):
         return {
             "dp_enabled": None,
             "sites": {},
             "worst_epsilon": None,
             "statement": UNKNOWN_PRIVACY,
+            "source": None,
         }
+    report = RunDir(gen.run_dir).read_privacy() if gen.run_dir is not None else None
+    if report is not None and record_digest(report) == summary.get("record_sha256"):
+        return {**_from_report(report), "source": PRIVACY_FILE}
+    problems = contradictions(summary, report) if report is not None else []
+    if problems:
+        raise CheckpointError(
+            gen.path,
+            f"the {PRIVACY_FILE} beside it describes another generator ({'; '.join(problems)}): "
+            "was it copied from another run? Synthesise from the run folder that trained it",
+        )
+    return {**_from_summary(summary), "source": "checkpoint"}
+
+
+def _from_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """The section from a checkpoint's own summary (privacy.json absent or of a later step)."""
+    report = {**summary, "sites": dict.fromkeys(summary.get("sites", []), {"epsilon": None})}
+    section = _from_report(report)
+    section["sites"] = {
+        name: {"epsilon": None, "delta": section["delta"]} for name in report["sites"]
+    }
+    section["statement"] += " (per-site values: see the run that trained it)"
+    return section
+
+
+def _from_report(report: dict[str, Any]) -> dict[str, Any]:
+    """The section from a privacy record (privacy.json's format)."""
     dp = bool(report.get("dp_enabled"))
     delta = report.get("delta")
     sites = {
@@ -95,6 +134,10 @@ def training_section(gen: Any) -> dict[str, Any]:
         "generator": asdict(gen.model),
         "image_size": gen.image_size,
         "checkpoint_epsilon": gen.extra.get("epsilon"),
+        # The public data the generator started from (fedsynth pretrain), or None.
+        "pretrained_on": public_pretraining(
+            gen.run_config.model.init if gen.run_config is not None else None, gen.extra
+        ),
     }
 
 
@@ -139,7 +182,7 @@ def build_datasheet(
             "modalities": list(MODALITIES),
         },
         "generator": training_section(gen),
-        "privacy": privacy_section(gen.run_dir),
+        "privacy": privacy_section(gen),
         "label_source": {
             **bank.description,
             "edits": {k: v for k, v in syn.items() if k.startswith(("p_", "scale_", "max_"))},

@@ -64,23 +64,30 @@ def site_of(node_config: dict[str, Any], sites: list[str]) -> tuple[int, str]:
 def train(msg: Message, context: Context) -> Message:
     import numpy as np
 
-    from fedsynth.benchmark.training import TrainSettings, train_segmenter
+    from fedsynth.benchmark.segmenter import segmenter_for
+    from fedsynth.benchmark.training import TrainSettings, split_validation, train_segmenter
     from fedsynth.common.data.cache import site_slices
     from fedsynth.common.data.cohort import load_split, resolve_cohort
     from fedsynth.common.gan.trainer import resolve_device
-    from fedsynth.common.models.segmenter import build_segmenter
 
     req = SegTrainRequest.from_config_record(next(iter(msg.content.config_records.values())))
     b = req.cfg.benchmark
     split = load_split(resolve_cohort(req.cfg))
     index, site = site_of(dict(context.node_config), list(split.sites))
     cache = site_slices(req.cfg, split.sites[site], site)
-    model = build_segmenter(b.segmenter, b.channels)
+    model = segmenter_for(b)
     model.load_state_dict(next(iter(msg.content.array_records.values())).to_torch_state_dict())
     # A distinct, reproducible sampling stream per (arm seed, round, site).
     seed = int(np.random.SeedSequence([req.seed, req.server_round, index]).generate_state(1)[0])
     settings = TrainSettings.from_config(b, seed, steps=req.local_steps)
-    losses = train_segmenter(model, [cache], settings, resolve_device(b.device), progress=False)
-    metrics = MetricRecord({"num-examples": len(cache.patients), "loss": float(np.mean(losses))})
+    # The validation patients this seed holds out (the same as in the other arms) are scored
+    # centrally by the server's evaluate step, never trained on.
+    train_part, _ = split_validation([cache], b.val_fraction, req.seed)
+    curve = train_segmenter(
+        model, train_part, [], settings, resolve_device(b.device), progress=False
+    )
+    metrics = MetricRecord(
+        {"num-examples": len(cache.patients), "loss": float(curve.train_loss[-1])}
+    )
     arrays = ArrayRecord(model.state_dict())
     return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)

@@ -108,3 +108,33 @@ def apply_init(init: InitWeights, generator: nn.Module, discriminator: nn.Module
     ckpt.load_module_state(generator, init.generator, init.path)
     if discriminator is not None and init.discriminator is not None:
         ckpt.load_module_state(discriminator, init.discriminator, init.path)
+
+
+def public_pretraining(init: str | None, extra: dict[str, Any]) -> dict[str, Any] | None:
+    """What a generator was pre-trained on, for datasheets and reports: read from an init
+    file's own provenance (``extra`` of the checkpoint itself, e.g. the public-only arm) or
+    from the file ``model.init`` names. None for a generator trained from scratch; a dict
+    with "error" if the named init file can no longer be read."""
+    provenance = extra.get("provenance")
+    source = "this checkpoint"
+    if provenance is None and init:
+        path = init_path(init)
+        try:
+            provenance = ckpt.load_checkpoint(path, architecture=ARCHITECTURE).extra.get(
+                "provenance"
+            )
+        except CheckpointError as e:
+            return {"init": str(path), "error": str(e)}
+        source = str(path)
+    if not provenance:
+        return None
+    public = provenance.get("public_data", {})
+    return {
+        "init": source,
+        "public_data": public.get("description"),
+        "folder": public.get("folder"),
+        "manifest_sha256": public.get("manifest_sha256"),
+        "training_subjects": public.get("training_subjects"),
+        "steps": provenance.get("steps"),
+        "dp": provenance.get("dp", False),
+    }

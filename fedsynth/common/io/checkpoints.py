@@ -47,7 +47,8 @@ def save_checkpoint(
     step: int,
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``tensors`` and metadata to ``path`` atomically (temporary file, fsync, rename)."""
+    """Write ``tensors`` and metadata to ``path`` atomically and durably (temporary file,
+    fsync, rename, directory fsync)."""
     path = Path(path)
     # safetensors refuses shared or non-contiguous storage: store independent CPU copies.
     data = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
@@ -58,7 +59,7 @@ def save_checkpoint(
         "step": str(int(step)),
         "extra": json.dumps(dict(extra or {}), sort_keys=True),
     }
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable=True) as tmp:  # resume must find it after a crash
         save_file(data, str(tmp), metadata=metadata)
     return path
 
@@ -100,9 +101,11 @@ def load_checkpoint(
     return Checkpoint(path, tensors, meta["architecture"], meta["config_hash"], step, extra)
 
 
-def load_module_state(module: nn.Module, tensors: Mapping[str, torch.Tensor], path: Path) -> None:
-    """Load ``tensors`` into ``module`` after checking that keys and shapes match exactly."""
-    expected = module.state_dict()
+def check_module_state(
+    expected: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor], path: Path
+) -> None:
+    """CheckpointError unless ``tensors`` has exactly the keys and shapes of ``expected``
+    (a state dict; tensors on the "meta" device will do: nothing is allocated)."""
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -115,6 +118,12 @@ def load_module_state(module: nn.Module, tensors: Mapping[str, torch.Tensor], pa
             raise CheckpointError(
                 path, f"{k} has shape {tuple(tensors[k].shape)}, the network needs {tuple(v.shape)}"
             )
+
+
+def load_module_state(module: nn.Module, tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Load ``tensors`` into ``module`` after checking that keys and shapes match exactly."""
+    expected = module.state_dict()
+    check_module_state(expected, tensors, path)
     module.load_state_dict({k: tensors[k].to(v.device) for k, v in expected.items()})
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
-METRICS: tuple[str, ...] = ("dice", "hd95")
+METRICS: tuple[str, ...] = ("dice", "hd95", "hd95_grid")
 
 
 def region_mask(labels: np.ndarray, region: str) -> np.ndarray:
@@ -70,8 +70,20 @@ def hd95(
         return 0.0
     if not (has_p and has_t):
         return diagonal(pred.shape, spacing)
-    sp, st = _surface(pred), _surface(truth)
+    box = _union_box(pred | truth)
+    sp, st = _surface(pred[box]), _surface(truth[box])
     return max(_directed(sp, st, spacing, q), _directed(st, sp, spacing, q))
+
+
+def _union_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """Bounding box of a non-empty mask, one voxel wider on each side where the volume allows
+    (so a voxel on the box's edge is surface only if it is on the volume's border)."""
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(max(int(idx[0]) - 1, 0), min(int(idx[-1]) + 2, mask.shape[axis])))
+    return tuple(box)
 
 
 def diagonal(shape: Sequence[int], spacing: Sequence[float]) -> float:
@@ -89,13 +101,19 @@ def _check_pair(pred: np.ndarray, truth: np.ndarray) -> None:
 def region_scores(
     pred_labels: np.ndarray, true_labels: np.ndarray, spacing: Sequence[float] | None = None
 ) -> dict[str, dict[str, float]]:
-    """{region: {"dice": float, "hd95": float}} for WT, TC, ET of two label volumes 0..3."""
+    """{region: {"dice", "hd95", "hd95_grid"}} for WT, TC, ET of two label volumes 0..3.
+
+    ``hd95`` is in the units of ``spacing`` (mm per step of each axis; grid steps if None),
+    ``hd95_grid`` always in grid steps.
+    """
     if pred_labels.shape != true_labels.shape:
         raise ValueError(f"prediction {pred_labels.shape} and truth {true_labels.shape} differ")
     out = {}
     for region in REGIONS:
         p, t = region_mask(pred_labels, region), region_mask(true_labels, region)
-        out[region] = {"dice": dice(p, t), "hd95": hd95(p, t, spacing)}
+        grid = hd95(p, t)
+        scaled = grid if spacing is None else hd95(p, t, spacing)
+        out[region] = {"dice": dice(p, t), "hd95": scaled, "hd95_grid": grid}
     return out
 
 
@@ -103,14 +121,21 @@ def region_scores(
 class SegmentationScores:
     """Accumulates per-patient region scores; ``mean()`` averages them over patients.
 
-    ``records``: one dict per patient and region: {"patient", "region", "dice", "hd95"}.
+    ``records``: one dict per patient and region: {"patient", "region", "dice", "hd95",
+    "hd95_grid"}.
     """
 
-    spacing: Sequence[float] | None = None
     records: list[dict[str, float | str]] = field(default_factory=list)
 
-    def add(self, patient: str, pred_labels: np.ndarray, true_labels: np.ndarray) -> None:
-        for region, scores in region_scores(pred_labels, true_labels, self.spacing).items():
+    def add(
+        self,
+        patient: str,
+        pred_labels: np.ndarray,
+        true_labels: np.ndarray,
+        spacing: Sequence[float] | None = None,
+    ) -> None:
+        """Score one patient; ``spacing``: mm per grid step along each axis (None: grid units)."""
+        for region, scores in region_scores(pred_labels, true_labels, spacing).items():
             self.records.append({"patient": patient, "region": region, **scores})
 
     def mean(self) -> dict[str, dict[str, float]]:
