@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from fedsynth.common.data.brats import discover_cases
     from fedsynth.common.data.phantom import generate_phantom_cohort
     from fedsynth.common.data.phantom_anatomy import load_template
-    from fedsynth.common.io.nifti import load_case
+    from fedsynth.common.data.validate import load_case
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,13 @@ tissue discs with tumour blobs; speed does not depend on content), default demo 
 train.batch_size expected patients per step, CPU threads as on a developer machine.
 
     python benchmarks/bench_train_throughput.py [--out runs/bench/train_throughput]
-        [--sizes 64 128] [--steps 10] [--threads 2]
+        [--sizes 64 128] [--steps 10] [--threads 2] [--config YAML] [--device cpu|cuda]
+        [--precision auto|fp32|bf16]
+
+On a GPU (configs/brats-gpu.yaml's networks and batch, docs/federation.md "GPU"):
+
+    python benchmarks/bench_train_throughput.py --config configs/brats-gpu.yaml \
+        --device cuda --sizes 128 --steps 50 --batch 8 --patients 64
 
 Writes results.json under --out and prints a table.
 """
@@ -64,23 +70,38 @@ def synthetic_cache(size: int, patients: int, slices: int, seed: int = 0) -> Syn
     )  # fmt: skip
 
 
-def measure(size: int, dp: bool, steps: int, patients: int, batch: int) -> dict[str, float]:
-    cfg = load_config(None, [
-        f"preprocess.image_size={size}", f"train.batch_size={batch}", "train.device=cpu",
+def measure(
+    size: int, dp: bool, steps: int, patients: int, batch: int, *,
+    config: str | None = None, device: str = "cpu", precision: str = "auto",
+) -> dict[str, float]:  # fmt: skip
+    overrides = [
+        f"preprocess.image_size={size}", f"train.batch_size={batch}", f"train.device={device}",
         f"privacy.enabled={str(dp).lower()}", f"train.steps={steps + 1}", "privacy.delta=1e-4",
-    ])  # fmt: skip
+        f"train.precision={precision if not dp or precision != 'bf16' else 'fp32'}",
+    ]  # fmt: skip
+    if config is not None:  # a real config's data section may point at a cohort not here
+        overrides.append("data.source=phantom")
+    cfg = load_config(config, overrides)
     trainer = LocalTrainer(cfg, synthetic_cache(size, patients, 4), planned_steps=steps + 1)
     trainer.train_steps(1)  # warm-up
     report = trainer.train_steps(steps)
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
     return {
         "image_size": size,
         "dp": dp,
+        "device": _device_name(trainer.device),
+        "precision": str(trainer.amp_dtype or torch.float32).removeprefix("torch."),
         "steps": steps,
         "slices": report.slices,
         "seconds": report.seconds,
         "slices_per_s": report.slices / report.seconds,
         "steps_per_s": steps / report.seconds,
     }
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,12 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patients", type=int, default=32)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--config", help="take networks etc. from this YAML (default: built-in)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = []
     for size in args.sizes:
         for dp in (False, True):
-            row = measure(size, dp, args.steps, args.patients, args.batch)
+            row = measure(size, dp, args.steps, args.patients, args.batch, config=args.config,
+                          device=args.device, precision=args.precision)  # fmt: skip
             results.append(row)
             print(
                 f"{size:4d} px, DP {'on ' if dp else 'off'}: {row['slices_per_s']:6.1f} slices/s "

@@ -4,7 +4,8 @@ Writes a training run directory (layout: fedsynth.common.rundir) and resumes fro
 complete checkpoint. An app like ``fedsynth.simulation``: only the CLI and tests import it.
 Every evaluation interval: held-out image quality, a metrics line, plots; every checkpoint
 interval: generator + full state, privacy.json and the released copy
-checkpoints/generator.safetensors; every sample interval: the sample grid.
+checkpoints/generator.safetensors; every sample interval: the sample grid. The metrics lines
+and sample grids also go to TensorBoard (RUN_DIR/tensorboard, fedsynth.common.tracking).
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from fedsynth.common.io.checkpoints import save_checkpoint
 from fedsynth.common.models.registry import architecture_hash
 from fedsynth.common.privacy.binding import PRIVACY_KEY, checkpoint_summary
 from fedsynth.common.privacy.report import describe_epsilon, write_privacy_json
+from fedsynth.common.progress import progress_bar
 from fedsynth.common.rundir import RunDir
+from fedsynth.common.tracking import Tracker, tensorboard_dir, training_scalars
 
 log = logging.getLogger(__name__)
 SITE = "central"
@@ -73,6 +76,7 @@ class CentralRun:
         )
         self.eval_idx = eval_indices(data.test, cfg.train.eval_slices, cfg.seed)
         self.sample_idx = fixed_eval_slices(data.test, cfg.train.sample_slices, cfg.seed)
+        self.tracker = Tracker(None)  # opened by train(), once the starting step is known
 
     def resume(self) -> int:
         step = self.run.latest_step()
@@ -85,10 +89,19 @@ class CentralRun:
         t = self.cfg.train
         last: StepReport | None = None
         start = time.perf_counter()
-        while self.trainer.steps_done < t.steps:
-            n = _steps_to_next_event(self.trainer.steps_done, t)
-            last = self.trainer.train_steps(n, progress=progress)
-            self._after_steps(last, time.perf_counter() - start)
+        done = self.trainer.steps_done
+        # On resume, TensorBoard hides what a killed attempt logged after the checkpoint.
+        self.tracker = Tracker(
+            tensorboard_dir(self.run.root), purge_step=done + 1 if done else None
+        )
+        bar = progress_bar(total=t.steps, initial=done, desc="train", unit="step", leave=True,
+                           enabled=progress)  # fmt: skip
+        with self.tracker, bar:
+            while self.trainer.steps_done < t.steps:
+                n = _steps_to_next_event(self.trainer.steps_done, t)
+                last = self.trainer.train_steps(n, progress=progress)
+                self._after_steps(last, time.perf_counter() - start)
+                bar.update(n)
         return last
 
     def _after_steps(self, report: StepReport, elapsed: float) -> None:
@@ -98,10 +111,11 @@ class CentralRun:
         if step % t.eval_every == 0 or final:
             self.evaluate(report, elapsed)
         if step % t.sample_every == 0 or final:
-            save_sample_grid(
+            png = save_sample_grid(
                 self.trainer.generate, self.data.test, self.sample_idx, self.run.sample_png(step),
                 title=f"step {step}, {describe_epsilon(self.trainer.epsilon, self.cfg.privacy.delta)}",
             )  # fmt: skip
+            self.tracker.image("samples", png, step)
         if step % t.checkpoint_every == 0 or final:
             self.checkpoint()
 
@@ -139,6 +153,8 @@ class CentralRun:
             **q,
         }
         self.run.append_metrics(record)
+        self.tracker.scalars(training_scalars(record), record["step"])
+        self.tracker.flush()
         log.info(
             "step %d: D %.3f, G adv %.3f, L1 %.3f, held-out PSNR %.2f dB, %s",
             record["step"], report.loss_d, report.loss_g_adv, report.loss_g_l1,
@@ -215,6 +231,10 @@ def train_central(
     """Start a new run in ``out`` and train to the end. ``data`` overrides loading the cohort."""
     run = RunDir(out)
     run.create(cfg, overwrite=overwrite)
+    if data is None:  # the cases validation left out of the split, listed in the run
+        from fedsynth.common.data.cohort import record_skipped, resolve_cohort
+
+        record_skipped(resolve_cohort(cfg), run.root)
     central = CentralRun(cfg, run, data or load_central_data(cfg), device)
     central.write_privacy()
     central.train(progress)

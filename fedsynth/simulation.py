@@ -21,7 +21,7 @@ from flwr.simulation import run_simulation
 
 from fedsynth.client.app import app as fedsynth_client
 from fedsynth.common.config import Config
-from fedsynth.common.data.cohort import resolve_cohort
+from fedsynth.common.data.cohort import record_skipped, resolve_cohort
 from fedsynth.common.io.atomic import mark_output
 from fedsynth.server import checkpointing
 from fedsynth.server.app import ServerSettings, make_server_app, write_run_config
@@ -103,7 +103,8 @@ def simulate(cfg: Config, run_dir: Path, client_app: Any = None) -> int:
     check_aggregation(cfg, cfg.split.sites)  # refuse a bad rule before any file is written
     mark_output(run_dir)  # fedsynth's run folder: --overwrite may replace it later
     write_run_config(run_dir, cfg)
-    resolve_cohort(cfg)  # generate a phantom cohort once, here, not in K racing workers
+    # Generate a phantom cohort (or validate a real one) once, here, not in K racing workers.
+    record_skipped(resolve_cohort(cfg), run_dir)  # invalid cases left out, listed in the run
     settings = ServerSettings(cfg, run_dir, expected_sites=cfg.split.sites)
     with flower_environment(run_dir) as ray_tmp:
         run_simulation(

@@ -190,6 +190,7 @@ def test_train_cli_releases_the_latest_generator_and_prints_its_path(audited, tm
                  f"data.cache_dir={cache}", *TINY_TRAINING])  # fmt: skip
     assert code == 0
     released = RunDir(out).generator
-    assert f"generator: {released}" in capsys.readouterr().out.splitlines()
+    printed = capsys.readouterr().out.splitlines()  # the summary: "  generator  <path>"
+    assert any(line.split() == ["generator", str(released)] for line in printed), printed
     assert released.read_bytes() == RunDir(out).generator_checkpoint(2).read_bytes()
     assert load_checkpoint(released).step == 2

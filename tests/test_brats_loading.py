@@ -9,8 +9,9 @@ from fixtures import brats_cases
 from fixtures.brats_cases import CASE_2021, CASE_2023, FIXTURE_CASE, copy_2021, copy_2023
 
 from fedsynth.common.data import brats
+from fedsynth.common.data.validate import load_case
 from fedsynth.common.errors import DataError
-from fedsynth.common.io.nifti import load_case, load_volume, save_volume
+from fedsynth.common.io.nifti import load_volume, save_volume
 
 
 def _stored(path):

@@ -132,7 +132,7 @@ def test_tumour_regions_need_several_contrasts(cohort: Path) -> None:
 
 
 def test_load_case_reads_phantoms_in_internal_convention(cohort: Path) -> None:
-    from fedsynth.common.io.nifti import load_case
+    from fedsynth.common.data.validate import load_case
 
     case = brats.find_case(cohort / _subjects(cohort)[0])
     loaded = load_case(case)

@@ -18,8 +18,8 @@ from fedsynth.common.data.preprocess import (
     select_slices,
 )
 from fedsynth.common.data.tissue import CSF, GM, WM, compute_tissue, use_tissue_file
+from fedsynth.common.data.validate import load_case
 from fedsynth.common.errors import DataError
-from fedsynth.common.io.nifti import load_case
 
 CFG = PreprocessConfig(image_size=32)
 
@@ -173,6 +173,41 @@ def test_computed_tissue_matches_truth_and_is_ordered(synth):
     t1_means = [norm["t1"][healthy & (tissue == k)].mean() for k in (CSF, GM, WM)]
     assert t1_means[0] < t1_means[1] < t1_means[2]
     np.testing.assert_array_equal(tissue, compute_tissue(norm, brain, seg > 0, seed=0))
+
+
+def _fixture_tissue(**kwargs):
+    from fixtures.brats_cases import FIXTURE_CASE
+    from scipy import ndimage
+
+    case = load_case(brats.find_case(FIXTURE_CASE))
+    brain = brain_mask(case.images, case.seg)
+    norm = {m: normalise_intensity(v, brain, 0.5, 99.5) for m, v in case.images.items()}
+    tissue = compute_tissue(norm, brain, case.seg > 0, seed=0, **kwargs)
+    healthy = brain & ~ndimage.binary_dilation(case.seg > 0, iterations=3)
+    return tissue, healthy
+
+
+def test_real_case_tissue_is_not_mostly_white_matter():
+    """The previous mixture (T1+T2+FLAIR) called 61 % of this fixture's healthy brain WM
+    (70 % WM, 17 % GM on the full case): the cortex became white matter. ANTs Atropos (T1)
+    gives 37 % GM / 50 % WM here and 38 % GM / 45 % WM on the full case."""
+    tissue, healthy = _fixture_tissue()
+    share = {k: float(np.mean(tissue[healthy] == k)) for k in (CSF, GM, WM)}
+    assert share[WM] < 0.5 and share[GM] > 0.3 and 0.05 < share[CSF] < 0.3, share
+
+
+def test_spatial_prior_makes_neighbours_agree():
+    def agreement(t, healthy):  # share of face-neighbour pairs of healthy voxels in one class
+        shares = []
+        for axis in range(3):
+            both = healthy & np.roll(healthy, 1, axis)
+            shares.append(np.mean(np.roll(t, 1, axis)[both] == t[both]))
+        return float(np.mean(shares))
+
+    plain, healthy = _fixture_tissue()
+    smooth, _ = _fixture_tissue(mrf_beta=0.3)
+    assert agreement(smooth, healthy) > agreement(plain, healthy) + 0.05
+    assert np.mean(smooth[healthy] == plain[healthy]) > 0.8  # smoothing, not a new map
 
 
 def test_tissue_file_is_used_and_holes_filled(synth):

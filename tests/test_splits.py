@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
+from helpers.synthetic_brain import write_case
 
 from fedsynth.common.config import SplitConfig, load_config
 from fedsynth.common.data import cohort as cohort_mod
@@ -90,13 +91,9 @@ def test_policy_errors_name_the_key() -> None:
 
 
 def _user_cohort(root: Path, n: int = 10) -> Path:
-    """Subject folders with a tiny label map each (tumour in every other subject)."""
+    """Valid subject folders (small synthetic brains), tumour in every other subject."""
     for i in range(n):
-        sid = f"sub{i:02d}"
-        (root / sid).mkdir(parents=True)
-        seg = np.zeros((4, 4, 4), np.uint8)
-        seg[1, 1, 1] = 4 if i % 2 == 0 else 0
-        nib.save(nib.Nifti1Image(seg, np.eye(4)), root / sid / f"{sid}_seg.nii.gz")
+        write_case(root, f"sub{i:02d}", tumour=i % 2 == 0, seed=i)
     return root
 
 
@@ -104,27 +101,41 @@ def _cfg(tmp_path: Path, *overrides: str):
     return load_config(None, [f"data.cache_dir={tmp_path / 'cache'}", *overrides])
 
 
-def test_user_cohort_split_written_and_loaded(tmp_path: Path) -> None:
+def _cohort_cfg(tmp_path: Path, base: Path, *overrides: str):
+    return _cfg(tmp_path, "data.source=cohort", f"data.cohort_dir={base}", *overrides)
+
+
+def _tree(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+def test_user_cohort_split_goes_to_the_cache_never_the_data_folder(tmp_path: Path) -> None:
     base = _user_cohort(tmp_path / "cohort")
-    cfg = _cfg(tmp_path, "data.source=cohort", f"data.cohort_dir={base}", "split.policy=iid",
-               "split.sites=2", "split.test_fraction=0.2")  # fmt: skip
-    assert resolve_cohort(cfg) == base.resolve()
-    split = load_split(base)
+    before = _tree(base)
+    cfg = _cohort_cfg(
+        tmp_path, base, "split.policy=iid", "split.sites=2", "split.test_fraction=0.2"
+    )
+    view = resolve_cohort(cfg)
+    assert view.parent == (tmp_path / "cache" / "splits").resolve()
+    assert _tree(base) == before  # nothing written, nothing touched
+    assert not (base / "manifest.csv").exists() and not (base / "split.json").exists()
+    split = load_split(view)
     _check_partition(split, [f"sub{i:02d}" for i in range(10)], 2)
     assert len(split.test) == 2 and any(int(s[3:]) % 2 == 0 for s in split.test)
-    with open(base / "manifest.csv", newline="") as f:
+    with open(view / "manifest.csv", newline="") as f:
         assert csv.DictReader(f).fieldnames == ["subject", "scanner_site", "split"]
-    first = (base / "manifest.csv").read_bytes()
-    resolve_cohort(cfg)
-    assert (base / "manifest.csv").read_bytes() == first
+    first = (view / "manifest.csv").read_bytes()
+    assert resolve_cohort(cfg) == view and (view / "manifest.csv").read_bytes() == first
+    assert (view / "sub00" / "sub00_seg.nii.gz").is_file()
 
 
 def test_by_site_from_site_csv(tmp_path: Path) -> None:
     base = _user_cohort(tmp_path / "cohort")
     sites = tmp_path / "sites.csv"
     sites.write_text("subject,site\n" + "".join(f"sub{i:02d},h{i % 2}\n" for i in range(10)))
-    cfg = _cfg(tmp_path, "data.source=cohort", f"data.cohort_dir={base}",
-               "split.policy=by-site", "split.sites=2", f"split.site_csv={sites}")  # fmt: skip
+    cfg = _cohort_cfg(
+        tmp_path, base, "split.policy=by-site", "split.sites=2", f"split.site_csv={sites}"
+    )
     split = load_split(resolve_cohort(cfg))
     assert {int(s[3:]) % 2 for s in split.sites["site-0"]} == {0}
     assert {int(s[3:]) % 2 for s in split.sites["site-1"]} == {1}
@@ -136,8 +147,7 @@ def test_by_site_from_site_csv(tmp_path: Path) -> None:
 def test_manifest_naming_missing_subjects_is_an_error(tmp_path: Path) -> None:
     base = _user_cohort(tmp_path / "cohort", n=4)
     (base / "manifest.csv").write_text("subject,scanner_site,split\nsub00,,\nghost,,test\n")
-    cfg = _cfg(tmp_path, "data.source=cohort", f"data.cohort_dir={base}", "split.policy=iid",
-               "split.sites=1")  # fmt: skip
+    cfg = _cohort_cfg(tmp_path, base, "split.policy=iid", "split.sites=1")
     with pytest.raises(DataError, match=r"manifest\.csv.*ghost"):
         resolve_cohort(cfg)
     with pytest.raises(DataError, match=r"manifest\.csv.*ghost"):
@@ -149,17 +159,47 @@ def test_manifest_naming_missing_subjects_is_an_error(tmp_path: Path) -> None:
         load_split(base)
 
 
-def test_unwritable_cohort_gets_its_split_in_the_cache(tmp_path: Path, monkeypatch) -> None:
-    base = _user_cohort(tmp_path / "cohort", n=6)
-    monkeypatch.setattr(cohort_mod, "_writable", lambda path: False)
-    cfg = _cfg(tmp_path, "data.source=cohort", f"data.cohort_dir={base}", "split.policy=iid",
-               "split.sites=2")  # fmt: skip
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-40])
+
+
+def test_invalid_cases_are_validated_out_before_the_split(tmp_path: Path) -> None:
+    """strict=false: a truncated label map and a missing image are skipped, not split."""
+    base = _user_cohort(tmp_path / "cohort", n=8)
+    _truncate(base / "sub02" / "sub02_seg.nii.gz")
+    (base / "sub05" / "sub05_flair.nii.gz").unlink()
+    cfg = _cohort_cfg(tmp_path, base, "data.strict=false", "split.policy=iid", "split.sites=2",
+                      "split.test_fraction=0.2")  # fmt: skip
     view = resolve_cohort(cfg)
-    assert view.parent == (tmp_path / "cache" / "splits").resolve()
-    assert not (base / "manifest.csv").exists()
     split = load_split(view)
-    _check_partition(split, [f"sub{i:02d}" for i in range(6)], 2)
-    assert (view / "sub00" / "sub00_seg.nii.gz").is_file()
+    _check_partition(split, [f"sub{i:02d}" for i in (0, 1, 3, 4, 6, 7)], 2)
+    skipped = cohort_mod.skipped_cases(view)
+    assert sorted(skipped) == ["sub02", "sub05"]
+    assert "sub02_seg.nii.gz" in skipped["sub02"][0] and "truncated" in skipped["sub02"][0]
+    assert "missing FLAIR" in skipped["sub05"][0]
+    run = tmp_path / "run"
+    run.mkdir()
+    written = cohort_mod.record_skipped(view, run)
+    assert json.loads(written.read_text())["skipped"] == skipped
+    _truncate(base / "sub03" / "sub03_t1.nii.gz")  # a changed file makes a new split
+    assert "sub03" in cohort_mod.skipped_cases(resolve_cohort(cfg))
+
+
+def test_strict_lists_every_problem_of_every_case(tmp_path: Path) -> None:
+    base = _user_cohort(tmp_path / "cohort", n=6)
+    _truncate(base / "sub01" / "sub01_seg.nii.gz")
+    (base / "sub04" / "sub04_t2.nii.gz").unlink()
+    (base / "sub04" / "sub04_t1.nii.gz").write_bytes(b"not a nifti")
+    cfg = _cohort_cfg(tmp_path, base, "split.policy=iid", "split.sites=2")
+    with pytest.raises(DataError) as err:
+        resolve_cohort(cfg)
+    message = str(err.value)
+    assert "2 of 6 cases failed validation" in message
+    for name in ("sub01_seg.nii.gz", "sub04_t2.nii.gz", "sub04_t1.nii.gz"):
+        assert name in message
+    assert not (tmp_path / "cache" / "splits").exists() or not any(
+        (tmp_path / "cache" / "splits").glob("*/manifest.csv")
+    )
 
 
 def test_phantom_generated_once_and_split_by_scanner(tmp_path: Path, monkeypatch) -> None:

@@ -12,9 +12,8 @@ from fixtures.brats_cases import CASE_2021, CASE_2023, copy_2021, copy_2023
 
 from fedsynth import cli
 from fedsynth.common.data import brats
-from fedsynth.common.data.validate import check_cohort, validate_case, validate_cohort
+from fedsynth.common.data.validate import check_cohort, load_case, validate_case, validate_cohort
 from fedsynth.common.errors import DataError
-from fedsynth.common.io.nifti import load_case
 
 T1, T1C, T2, FLAIR, SEG = (f"{CASE_2023}-{s}.nii.gz" for s in ("t1n", "t1c", "t2w", "t2f", "seg"))
 
@@ -79,7 +78,7 @@ def test_truncated_uncompressed_nii_is_caught(case_dir):
     raw = gzip.decompress(gz.read_bytes())
     gz.unlink()
     (case_dir / f"{CASE_2023}-t2w.nii").write_bytes(raw[: len(raw) // 2])
-    _only_problem(case_dir, f"{CASE_2023}-t2w.nii", "truncated voxel data")
+    _only_problem(case_dir, f"{CASE_2023}-t2w.nii", "truncated", "holds only")
 
 
 def test_file_that_is_not_nifti(case_dir):
@@ -107,7 +106,7 @@ def test_four_d_volume(case_dir):
 
 def test_two_d_volume(case_dir):
     _rewrite(case_dir / T2, lambda d, a: (d[:, :, 10], a))
-    _only_problem(case_dir, T2, "2-D volume", "expected 3-D")
+    _only_problem(case_dir, T2, "2-D volume", "expected one 3-D")
 
 
 def test_shape_disagreement_between_modalities(case_dir):
@@ -172,7 +171,9 @@ def test_empty_or_constant_image(case_dir, value, phrase):
 
 def test_2023_label_file_with_enhancing_as_4(case_dir):
     _rewrite(case_dir / SEG, lambda d, a: (np.where(d == 3, 4, d).astype(np.float32), a))
-    _only_problem(case_dir, SEG, "label values {4}", "BraTS 2023", "{0, 1, 2, 3}", "relabel 4 -> 3")
+    _only_problem(
+        case_dir, SEG, "label values {4}", "BraTS 2023", "{0, 1, 2, 3}", "2017-2021 naming"
+    )
 
 
 def test_2021_label_file_with_enhancing_as_3(tmp_path):
@@ -180,7 +181,7 @@ def test_2021_label_file_with_enhancing_as_3(tmp_path):
     seg = folder / f"{CASE_2021}_seg.nii.gz"
     _rewrite(seg, lambda d, a: (np.where(d == 4, 3, d).astype(np.uint8), a))
     _only_problem(
-        folder, seg.name, "label values {3}", "BraTS 2017-2021", "{0, 1, 2, 4}", "relabel 3 -> 4"
+        folder, seg.name, "label values {3}", "BraTS 2017-2021", "{0, 1, 2, 4}", "2023 naming"
     )
 
 
@@ -246,7 +247,7 @@ def test_check_cohort_strict_raises_listing_every_problem(tmp_path):
 def test_check_cohort_skips_invalid_cases_with_a_warning(tmp_path, caplog):
     root, bad = _bad_cohort(tmp_path)
     with caplog.at_level(logging.WARNING, logger="fedsynth.common.data.validate"):
-        cases = check_cohort(root, strict=False, labels_optional=False)
+        cases = check_cohort(root, strict=False, labels_optional=False).valid_cases
     assert [c.case_id for c in cases] == [CASE_2021]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and CASE_2023 in warnings[0] and str(bad / FLAIR) in warnings[0]

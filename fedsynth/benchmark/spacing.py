@@ -20,7 +20,7 @@ import numpy as np
 
 from fedsynth.common.data.brats import find_case
 from fedsynth.common.data.preprocess import bounding_box, brain_mask
-from fedsynth.common.io.nifti import load_case
+from fedsynth.common.data.validate import load_case
 
 Spacing = tuple[float, float, float]  # mm per step along (z, x, y) of a (Z, S, S) stack
 

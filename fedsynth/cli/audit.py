@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from fedsynth.cli._common import Summary
 from fedsynth.common.errors import ConfigError
 
 
@@ -37,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Summary:
     from fedsynth.audit.writer import run_audit
 
     if args.bootstrap < 0:
@@ -51,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     overall = result.report["membership"]["overall"]
     flagged = result.report["memorisation"]["flagged_fraction"]
-    print(f"membership AUC {overall['auc']:.3f} ({overall['members']} members vs "
-          f"{overall['nonmembers']} non-members); memorisation: "
-          f"{100 * (flagged or 0):.1f}% of synthetic slices flagged (about 5% by chance)")  # fmt: skip
-    print(result.out)
-    return 0
+    headline = (f"membership AUC {overall['auc']:.3f} ({overall['members']} members vs "
+                f"{overall['nonmembers']} non-members); memorisation: "
+                f"{100 * (flagged or 0):.1f}% of synthetic slices flagged (about 5% by chance)")  # fmt: skip
+    facts = {"membership_auc": overall["auc"], "memorisation_flagged_fraction": flagged}
+    return Summary("audit", headline, {"audit": result.out}, facts)

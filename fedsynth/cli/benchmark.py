@@ -13,9 +13,9 @@ import argparse
 import shutil
 from pathlib import Path
 
-from fedsynth.cli._common import add_config_args, config_from_args
+from fedsynth.cli._common import Summary, add_config_args, announce_tensorboard, config_from_args
 from fedsynth.common.errors import OutputExistsError
-from fedsynth.common.rundir import RunDir
+from fedsynth.common.rundir import TENSORBOARD_DIR, RunDir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Summary:
 
     from fedsynth.benchmark.runner import run_benchmark
 
@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.overwrite:
             raise OutputExistsError(out)
         shutil.rmtree(out)
+    announce_tensorboard(out / TENSORBOARD_DIR)
     result = run_benchmark(
         cfg,
         args.out,
@@ -55,5 +56,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print((result.out / "results.md").read_text())
-    print(f"benchmark finished in {result.seconds:.0f} s; results in {result.out}")
-    return 0
+    outputs = {"benchmark": result.out, "results": result.out / "results.csv",
+               "table": result.out / "results.md", "tensorboard": result.out / TENSORBOARD_DIR}  # fmt: skip
+    return Summary("benchmark", f"benchmark finished in {result.seconds:.0f} s", outputs,
+                   {"rows": len(result.rows)})  # fmt: skip

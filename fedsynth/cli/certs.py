@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fedsynth.cli._common import Summary
+
 DESCRIPTION = """\
 Create a development CA, the SuperLink's TLS certificate and one SuperNode authentication
 key pair per site (docs/deploy.md):
@@ -40,14 +42,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Summary:
     from fedsynth.deploy.certs import make_dev_certificates, parse_sites
 
     made = make_dev_certificates(
         args.out, parse_sites(args.sites), args.server_host, overwrite=args.overwrite
     )
-    print(f"CA:          {made.ca_cert}  (key {made.ca_key}, keep private)")
-    print(f"SuperLink:   {made.server_cert}, {made.server_key}")
+    outputs = {"CA certificate": made.ca_cert, "CA key (keep private)": made.ca_key,
+               "SuperLink certificate": made.server_cert, "SuperLink key": made.server_key}  # fmt: skip
     for site in made.sites:
-        print(f"{site.name + ':':12s} {site.private_key} (private), {site.public_key} (register)")
-    return 0
+        outputs[f"{site.name} key (private)"] = site.private_key
+        outputs[f"{site.name} public key (register)"] = site.public_key
+    return Summary("certs", f"development certificates for {len(made.sites)} sites", outputs)

@@ -11,6 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
+from fedsynth.cli._common import Summary
 from fedsynth.common.config import load_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
@@ -34,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Summary:
 
     from fedsynth.demo import run_demo
 
@@ -43,15 +44,20 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     summaries = run_demo(cfg, out)
     fed = summaries["federated"]
-    print()
-    print(f"fedsynth demo finished in {time.perf_counter() - start:.0f} s; everything is in {out}")
-    print(f"  cohort preview     {summaries['cohort']['preview']}")
-    print(f"  federated run      {fed['run_dir']} ({fed['rounds']} rounds)")
-    print(f"  privacy            {fed['privacy']}")
-    print(f"  synthetic cohort   {summaries['synthesis']['cohort']}")
-    print(f"  contact sheet      {summaries['synthesis']['contact_sheet']}")
-    print(f"  benchmark          {summaries['benchmark']['results']}")
-    print(f"  audit              {summaries['audit']['audit_dir']}"
-          f" (membership AUC {summaries['audit']['membership_auc']:.2f})")  # fmt: skip
-    print(f"  report             {summaries['report']['report']}")
-    return 0
+    outputs = {
+        "everything": out,
+        "cohort preview": summaries["cohort"]["preview"],
+        "federated run": fed["run_dir"],
+        "synthetic cohort": summaries["synthesis"]["cohort"],
+        "contact sheet": summaries["synthesis"]["contact_sheet"],
+        "benchmark": summaries["benchmark"]["results"],
+        "audit": summaries["audit"]["audit_dir"],
+        "report": summaries["report"]["report"],
+    }
+    facts = {
+        "rounds": fed["rounds"],
+        "privacy_statement": fed["privacy"],
+        "membership_auc": round(summaries["audit"]["membership_auc"], 2),
+    }
+    took = time.perf_counter() - start
+    return Summary("demo", f"fedsynth demo finished in {took:.0f} s", outputs, facts)

@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from fedsynth.cli._common import Summary
 from fedsynth.common.config import PhantomConfig
 
 DESCRIPTION = """\
@@ -58,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Summary:
 
     from fedsynth.common.data.phantom import MANIFEST, generate_phantom_cohort
     from fedsynth.common.data.preview import preview_cohort
@@ -77,10 +78,15 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     lines = (out / MANIFEST).read_text(encoding="utf-8").splitlines()[1:]
     per_site = Counter(line.split(",")[1] for line in lines)
-    print(f"Wrote {cfg.subjects} phantom subjects to {out} in {elapsed:.1f} s")
-    for site in sorted(per_site, key=natural_key):
-        print(f"  {site}: {per_site[site]} subjects")
+    sites = ", ".join(f"{s}: {per_site[s]} subjects" for s in sorted(per_site, key=natural_key))
+    outputs = {"cohort": out, "manifest": out / MANIFEST}
     if args.preview_subjects > 0:
-        png = preview_cohort(out, out / "preview.png", n_subjects=args.preview_subjects)
-        print(f"Preview: {png}")
-    return 0
+        outputs["preview"] = preview_cohort(
+            out, out / "preview.png", n_subjects=args.preview_subjects
+        )
+    return Summary(
+        "phantoms",
+        f"wrote {cfg.subjects} phantom subjects in {elapsed:.1f} s ({sites})",
+        outputs,
+        {"subjects": cfg.subjects, "subjects_per_site": dict(per_site)},
+    )

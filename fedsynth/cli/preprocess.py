@@ -1,8 +1,11 @@
 """``fedsynth preprocess CONFIG [key=value ...]``: build the slice caches of a config.
 
-Resolves the config's cohort and split (generating the phantom cohort on first use), then
-builds, or reuses when current, the slice cache of the held-out test patients and of every
-training site, and prints where each lives and how many patients and slices it holds.
+Resolves the config's cohort and split (generating the phantom cohort on first use; a real
+cohort is validated first, and with data.strict=false its invalid cases are skipped and
+listed), then builds, or reuses when current, the slice cache of the held-out test patients
+and of every training site, and prints where each lives and how many patients and slices it
+holds. Nothing is written into the data folder: the split and the caches go to
+data.cache_dir.
 Training builds the same caches on first use; running this first moves that wait out of
 training and surfaces data problems early.
 """
@@ -26,14 +29,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Deferred: the data layer pulls in nibabel and scipy, which `fedsynth --help` does not need.
     from fedsynth.common.data.cache import site_slices
-    from fedsynth.common.data.cohort import load_split, resolve_cohort
+    from fedsynth.common.data.cohort import (
+        SKIPPED_RECORD,
+        load_split,
+        resolve_cohort,
+        skipped_cases,
+    )
     from fedsynth.common.data.splits import natural_key
 
     cfg = config_from_args(args)
     cohort = resolve_cohort(cfg)
     split = load_split(cohort)
     print(f"cohort: {cohort}")
+    skipped = skipped_cases(cohort)
+    if skipped:
+        print(f"skipped {len(skipped)} invalid case(s) (reasons in {cohort / SKIPPED_RECORD}):")
+        for case_id, problems in sorted(skipped.items()):
+            print(
+                f"  {case_id}: {problems[0]}{f' (+{len(problems) - 1} more)' if len(problems) > 1 else ''}"
+            )
     groups = [("test", split.test)]
     groups += [(site, split.sites[site]) for site in sorted(split.sites, key=natural_key)]
     for name, subjects in groups:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedsynth.cli._common import add_config_args, config_from_args
+from fedsynth.cli._common import Summary, add_config_args, announce_tensorboard, config_from_args
 from fedsynth.common.rundir import SweepDir
 from fedsynth.sweep.budgets import parse_epsilons
 
@@ -35,12 +35,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Summary:
     from fedsynth.sweep.run import run_sweep
 
     epsilons = parse_epsilons(args.epsilons)
     cfg = config_from_args(args)
-    table = run_sweep(cfg, epsilons, args.out.expanduser().resolve())
+    out = args.out.expanduser().resolve()
+    announce_tensorboard(out)  # one TensorBoard run per budget (eps-*/tensorboard), one view
+    table = run_sweep(cfg, epsilons, out)
     print(table.read_text())
-    print(f"sweep written to {table.parent} (report: {SweepDir(table.parent).report})")
-    return 0
+    sweep = SweepDir(table.parent)
+    outputs = {"sweep": sweep.root, "table": table, "markdown": sweep.markdown,
+               "plots": sweep.plots, "report": sweep.report, "tensorboard": sweep.root}  # fmt: skip
+    return Summary("privacy-sweep", f"privacy sweep over {len(epsilons)} budgets", outputs,
+                   {"budgets": args.epsilons})  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fedsynth.cli._common import Summary
 from fedsynth.common.errors import DataError
 
 
@@ -25,11 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Summary:
 
     from fedsynth.report.html import write_report
 
     if not Path(args.run_dir).is_dir():
         raise DataError(args.run_dir, "run directory does not exist")
-    print(write_report(args.run_dir, args.out))
-    return 0
+    path = write_report(args.run_dir, args.out)
+    return Summary("report", "wrote the HTML report", {"report": path})

@@ -11,10 +11,11 @@ One SuperNode per site (``split.sites``), each with ``federation.client_cpus`` C
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
-from fedsynth.cli._common import add_config_args
+from fedsynth.cli._common import Summary, add_config_args, announce_tensorboard
 from fedsynth.common.config import Config, load_config
 from fedsynth.common.errors import ConfigError
 from fedsynth.common.rundir import RunDir, clear_for_new_output
@@ -74,14 +75,22 @@ def resolve_run(args: argparse.Namespace) -> tuple[Config, Path]:
     return cfg, run_dir
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Summary:
     from fedsynth.simulation import simulate
 
     cfg, run_dir = resolve_run(args)
+    run = RunDir(run_dir)
+    announce_tensorboard(run.tensorboard)
     done = simulate(cfg, run_dir)
+    outputs = {"run directory": run.root, "generator": run.generator, "metrics": run.metrics,
+               "privacy": run.privacy, "samples": run.samples, "tensorboard": run.tensorboard}  # fmt: skip
+    facts: dict = {"rounds": done, "rounds_planned": cfg.federation.rounds}
+    if run.privacy.is_file():
+        privacy = json.loads(run.privacy.read_text())
+        facts.update(epsilon=privacy["worst_epsilon"], delta=privacy["delta"],
+                     privacy_statement=privacy["statement"])  # fmt: skip
     if done < cfg.federation.rounds:
-        print(f"{run_dir}: stopped after round {done} of {cfg.federation.rounds}; resume with "
-              f"'fedsynth simulate --resume {run_dir}'")  # fmt: skip
-        return 1
-    print(f"{run_dir}: {done} rounds; generator in {RunDir(run_dir).generator}")
-    return 0
+        headline = (f"stopped after round {done} of {cfg.federation.rounds}; resume with "
+                    f"'fedsynth simulate --resume {run_dir}'")  # fmt: skip
+        return Summary("simulate", headline, outputs, facts, exit_code=1)
+    return Summary("simulate", f"{done} federated rounds", outputs, facts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fedsynth.cli._common import Summary
 from fedsynth.common.config import load_config
 
 DESCRIPTION = """\
@@ -44,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Summary:
     from fedsynth.deploy.site_check import check_site
 
     overrides = list(args.overrides)
@@ -62,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
         superlink=args.superlink,
         max_epsilon=args.max_epsilon,
     )
-    for check in report.checks:
-        print(f"{'OK  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
-    print("all checks passed" if report.ok else "some checks FAILED")
-    return 0 if report.ok else 1
+    return Summary(
+        "site-check",
+        "all checks passed" if report.ok else "some checks FAILED",
+        facts={c.name: f"{'OK  ' if c.ok else 'FAIL'}  {c.detail}" for c in report.checks},
+        exit_code=0 if report.ok else 1,
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fedsynth.cli._common import add_config_args, config_from_args
+from fedsynth.cli._common import Summary, add_config_args, config_from_args
 from fedsynth.common.errors import ConfigError
 
 
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Summary:
     from fedsynth.synthesis.generate import synthesize
 
     if args.config is not None and "=" in args.config:  # only overrides were given
@@ -44,9 +44,10 @@ def run(args: argparse.Namespace) -> int:
         cfg, args.checkpoint, args.out, cases=args.cases, overwrite=args.overwrite,
         progress=not args.no_progress,
     )  # fmt: skip
-    print(
-        f"wrote {result.cases} synthetic cases ({result.slices} slices, "
-        f"{result.slices / max(result.seconds, 1e-9):.1f} slices/s) to {result.out}; "
-        f"see {result.out / 'datasheet.json'}"
+    rate = result.slices / max(result.seconds, 1e-9)
+    return Summary(
+        "synthesize",
+        f"wrote {result.cases} synthetic cases ({result.slices} slices, {rate:.1f} slices/s)",
+        {"cohort": result.out, "datasheet": result.out / "datasheet.json"},
+        {"cases": result.cases, "slices": result.slices, "slices_per_s": round(rate, 2)},
     )
-    return 0

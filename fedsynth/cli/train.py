@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from fedsynth.cli._common import add_config_args
+from fedsynth.cli._common import Summary, add_config_args, announce_tensorboard
 from fedsynth.common.config import load_config
 from fedsynth.common.errors import ConfigError
+from fedsynth.common.rundir import RunDir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +42,7 @@ def _parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Summary:
     from fedsynth.central import resume_central, set_determinism, train_central
 
     set_determinism()
@@ -49,14 +50,20 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         # With --resume the positional CONFIG slot holds the first override, if any.
         items = ([args.config] if args.config else []) + list(args.overrides)
+        announce_tensorboard(RunDir(args.resume).tensorboard)
         run_dir = resume_central(args.resume, overrides=_parse_overrides(items), progress=progress)
     else:
         if not args.config or not args.out:
             raise ConfigError("--out", "give CONFIG and --out RUN_DIR, or --resume RUN_DIR")
         cfg = load_config(args.config, args.overrides)
+        announce_tensorboard(RunDir(args.out).tensorboard)
         run_dir = train_central(cfg, args.out, overwrite=args.overwrite, progress=progress)
     privacy = json.loads(run_dir.privacy.read_text())
-    print(f"run directory: {run_dir.root}")
-    print(f"generator: {run_dir.generator}")
-    print(privacy["statement"])
-    return 0
+    latest = run_dir.latest_step()
+    outputs = {"run directory": run_dir.root, "generator": run_dir.generator,
+               "metrics": run_dir.metrics, "privacy": run_dir.privacy,
+               "samples": run_dir.sample_png(latest), "plots": run_dir.plots,
+               "tensorboard": run_dir.tensorboard}  # fmt: skip
+    facts = {"steps": latest, "epsilon": privacy["worst_epsilon"], "delta": privacy["delta"],
+             "privacy_statement": privacy["statement"]}  # fmt: skip
+    return Summary("train", f"trained {latest} steps", outputs, facts)

@@ -47,6 +47,11 @@ class DataConfig:
     cache_dir: str = DEFAULT_CACHE_DIR  # phantom cohorts and slice caches live here
     strict: bool = True  # True: any invalid case is an error; False: skip it with a warning
     labels_optional: bool = False  # allow cases without a label map (synthesis inputs only)
+    # Label convention of the label maps: "auto" (by file naming: BraTS 2017-2021 names 0/1/2/4,
+    # 2023 names 0/1/2/3, Decathlon 0/1 oedema/2 non-enhancing/3 enhancing) or one forced for
+    # every case: "brats2015" (BraTS 2012-2016, 0/1/2/3/4; 3 non-enhancing merges into 1),
+    # "brats2021", "brats2023", "msd". See docs/data.md.
+    labels: str = "auto"
 
 
 @dataclass
@@ -135,6 +140,7 @@ class TrainConfig:
     checkpoint_every: int = 100  # steps between checkpoints (generator, state, privacy.json)
     sample_every: int = 100  # steps between sample grids (samples/step_<step>.png)
     device: str = "auto"  # "auto" | "cpu" | "cuda"
+    precision: str = "auto"  # "auto" (bf16 on a GPU without DP) | "fp32" | "bf16" (docs/gpu.md)
     # Central trainer only: train on every site's training patients ("all") or one ("site-k").
     site: str = "all"
     eval_slices: int = 64  # held-out slices scored (MAE/PSNR/SSIM) at each evaluation
@@ -292,9 +298,11 @@ class Config:
 # (federation.aggregation: fedsynth.server.strategy.STRATEGIES; model.*: models/registry.py).
 _CHOICES: dict[str, Sequence[str]] = {
     "data.source": ("phantom", "cohort"),
+    "data.labels": ("auto", "brats2021", "brats2023", "brats2015", "msd"),  # fmt: skip
     "split.policy": ("iid", "dirichlet", "by-site"),
     "train.gan_loss": ("lsgan", "bce"),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.precision": ("auto", "fp32", "bf16"),
     "privacy.accountant": ("rdp", "prv"),
     "synthesis.label_source": ("atlas", "cohort"),
     "synthesis.device": ("auto", "cpu", "cuda"),

@@ -13,6 +13,8 @@ federated), class ``RunDir``::
                            (federated: "kind" "site" or "round"); non-finite numbers as null
       replies.jsonl        federated: per round and site, what crossed the network
       privacy.json         what the accountants recorded (fedsynth.common.privacy.report)
+      skipped_cases.json   real cohorts with data.strict=false: the cases validation left
+                           out of the split, with their problems (cohort.record_skipped)
       server_state.json    federated only: the server's commit point (resume); its presence
                            marks a federated run
       checkpoints/
@@ -23,6 +25,8 @@ federated), class ``RunDir``::
                                        audit and the sweep load (written atomically)
       samples/step_<step>.png          label map | real | fake per contrast
       plots/losses.png, quality.png    training curves (central)
+      tensorboard/         TensorBoard event files (fedsynth.common.tracking): losses (central),
+                           epsilon (per site when federated), held-out quality, sample grids
       synthetic/           a synthetic cohort made from this run (sweep)
       benchmark/           the segmentation benchmark of this run (``BENCHMARK_DIR``)
       audit/               the privacy audit of this run (``AUDIT_DIR``)
@@ -73,6 +77,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 REPLIES_FILE = "replies.jsonl"
 PRIVACY_FILE = "privacy.json"
+SKIPPED_CASES_FILE = "skipped_cases.json"
 SERVER_STATE_FILE = "server_state.json"
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest.json"
@@ -83,6 +88,7 @@ SYNTHETIC_DIR = "synthetic"
 BENCHMARK_DIR = "benchmark"
 AUDIT_DIR = "audit"
 REPORT_FILE = "report.html"
+TENSORBOARD_DIR = "tensorboard"  # event files, here and in each benchmark arm's folder
 DONE_FILE = "done.json"  # a finished sweep budget or baseline
 INIT_FILE = "init.safetensors"  # pre-training: starting weights for model.init
 PUBLIC_DATA_FILE = "public.json"  # pre-training: provenance of the public data
@@ -110,6 +116,7 @@ class RunDir:
         self.benchmark = self.root / BENCHMARK_DIR
         self.audit = self.root / AUDIT_DIR
         self.report = self.root / REPORT_FILE
+        self.tensorboard = self.root / TENSORBOARD_DIR
 
     # -- writing ---------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from fedsynth.common.data.phantom import METADATA, phantom_settings_hash
 from fedsynth.common.errors import FedsynthError
 from fedsynth.common.gan.plots import plot_metrics
 from fedsynth.common.privacy.report import NO_DP
-from fedsynth.common.rundir import RunDir, read_json
+from fedsynth.common.rundir import SKIPPED_CASES_FILE, RunDir, read_json
 from fedsynth.report.markdown import to_html
 
 log = logging.getLogger(__name__)
@@ -99,9 +99,19 @@ def sites_section(run: Path) -> Section:
         for site, ids in sorted(split.sites.items())
     ]
     rows.append(["test (held out)", len(split.test), "no", ", ".join(split.test)])
-    return Section(
-        "sites", "Sites", table(["site", "patients", "trained the generator", "subjects"], rows)
-    )
+    body = table(["site", "patients", "trained the generator", "subjects"], rows)
+    return Section("sites", "Sites", body + _skipped_cases(run))
+
+
+def _skipped_cases(run: Path) -> str:
+    """The cases validation left out of the split (data.strict=false), with their reasons."""
+    record = read_json(run / SKIPPED_CASES_FILE)
+    if not record or not record.get("skipped"):
+        return ""
+    skipped = record["skipped"]
+    rows = [[case, "; ".join(problems)] for case, problems in sorted(skipped.items())]
+    intro = f"<p>{len(skipped)} invalid case(s) skipped (data.strict=false), not in any split:</p>"
+    return intro + table(["case", "problems"], rows)
 
 
 def _num(x: Any) -> str:

@@ -44,6 +44,7 @@ class ServerSettings:
     cfg: Config
     run_dir: Path
     expected_sites: int  # SuperNodes the first round waits for
+    progress: bool = True  # a bar over rounds (fedsynth simulate; not under flwr run's log)
 
 
 def settings_from_run_config(run_config: dict[str, object]) -> ServerSettings:
@@ -59,7 +60,7 @@ def settings_from_run_config(run_config: dict[str, object]) -> ServerSettings:
     cfg = load_config(path, overrides)
     check_aggregation(cfg, cfg.split.sites)  # refuse a bad rule before any file is written
     run_dir = Path(str(run_config.get("run-dir") or f"runs/{cfg.name}-flwr")).expanduser().resolve()
-    return ServerSettings(cfg, run_dir, expected_sites=cfg.split.sites)
+    return ServerSettings(cfg, run_dir, expected_sites=cfg.split.sites, progress=False)
 
 
 def _find_config(name: str) -> Path:
@@ -116,12 +117,15 @@ def run_server(grid: Grid, settings: ServerSettings) -> checkpointing.ServerStat
         state, weights = resume
         log.info("resuming %s after round %d", run_dir, state.round)
     state.rounds = cfg.federation.rounds
-    recorder = RoundRecorder(run_dir, cfg, state, evaluator=HeldOutEvaluator(cfg, run_dir))
+    recorder = RoundRecorder(
+        run_dir, cfg, state, evaluator=HeldOutEvaluator(cfg, run_dir), progress=settings.progress
+    )
     recorder.drop_uncommitted()
     remaining = cfg.federation.rounds - state.round
     if remaining <= 0:
         log.info("%s already completed %d of %d rounds", run_dir, state.round, state.rounds)
         recorder.finish()
+        recorder.close()
         return state
     strategy = build_strategy(
         cfg, expected_sites=settings.expected_sites, round_offset=state.round,
@@ -140,6 +144,7 @@ def run_server(grid: Grid, settings: ServerSettings) -> checkpointing.ServerStat
     finally:
         recorder.wait()  # rounds completed before an error are still committed
     recorder.finish()
+    recorder.close()  # the TensorBoard writer flushes every round; a crash loses nothing
     return state
 
 

@@ -19,6 +19,8 @@ as before. Files it writes in the run directory:
 - ``privacy.json``: one entry per site (see ``fedsynth.server.privacy_report``), rewritten
   every round.
 - checkpoints and ``server_state.json`` (see ``fedsynth.server.checkpointing``).
+- ``tensorboard/``: the round row's numbers, each site's reported epsilon and the sample
+  grid (``fedsynth.common.tracking``): only what reached the server; no per-site losses.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ from flwr.app import ArrayRecord, MetricRecord
 from fedsynth.common.config import Config
 from fedsynth.common.io.atomic import append_jsonl
 from fedsynth.common.privacy.binding import PRIVACY_KEY, checkpoint_summary
+from fedsynth.common.progress import progress_bar
 from fedsynth.common.rundir import RunDir
+from fedsynth.common.tracking import Tracker, site_epsilons, tensorboard_dir, training_scalars
 from fedsynth.server import checkpointing
 from fedsynth.server.privacy_report import site_privacy_entry, write_federated_privacy
 from fedsynth.server.strategy import (
@@ -99,11 +103,20 @@ class RoundRecorder:
         cfg: Config,
         state: checkpointing.ServerState,
         evaluator: Evaluator | None = None,
+        progress: bool = True,
     ):
         self.run_dir, self.cfg, self.state = run_dir, cfg, state
         self.evaluator = evaluator
         self.strategy: GeneratorUpdates | None = None
         self._round_started = time.perf_counter()
+        local = cfg.federation.local_steps
+        # A resumed server hides what a killed attempt logged after the committed round.
+        self._purge = state.round * local + 1 if state.round else None
+        self.tracker = Tracker(None)  # opened with the first round: nothing written before
+        self.bar = progress_bar(
+            total=cfg.federation.rounds, initial=state.round, desc="rounds", unit="round",
+            leave=True, enabled=progress,
+        )  # fmt: skip
         # One thread: rounds are evaluated, written and committed in order.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsynth-rounds")
         self._pending: list[Future[None]] = []
@@ -218,7 +231,20 @@ class RoundRecorder:
         self.state.seconds += seconds
         self.state.history.append(summary)
         checkpointing.commit_round(self.run_dir, self.state)
+        self._track(outcome, summary, local)
         self._log_progress(outcome, summary)
+        self.bar.update(1)
+
+    def _track(self, outcome: RoundOutcome, summary: dict[str, Any], local: int) -> None:
+        step = outcome.round * local
+        if not self.tracker.enabled:
+            self.tracker = Tracker(tensorboard_dir(self.run_dir), purge_step=self._purge)
+        self.tracker.scalars({**training_scalars(summary),
+                              **site_epsilons(site_rows(outcome, local))}, step)  # fmt: skip
+        sample = RunDir(self.run_dir).sample_png(step)
+        if sample.is_file():
+            self.tracker.image("samples", sample, step)
+        self.tracker.flush()
 
     def _log_progress(self, outcome: RoundOutcome, summary: dict[str, Any]) -> None:
         losses = " ".join(
@@ -231,6 +257,11 @@ class RoundRecorder:
             "" if outcome.aggregated else f" (NOT aggregated: {outcome.reason})",
             "n/a" if eps is None else f"{eps:.2f}", losses or "no losses", summary["seconds"],
         )  # fmt: skip
+
+    def close(self) -> None:
+        """End of the run: the progress bar and the TensorBoard writer."""
+        self.bar.close()
+        self.tracker.close()
 
     def finish(self) -> dict[str, Any] | None:
         """Write privacy.json from the latest per-site accountant reports; return it (None

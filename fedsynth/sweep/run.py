@@ -27,7 +27,8 @@ from fedsynth.benchmark.runner import run_benchmark
 from fedsynth.common.config import Config, config_to_yaml
 from fedsynth.common.errors import IncompleteRunError
 from fedsynth.common.io.atomic import atomic_write_json, atomic_write_text
-from fedsynth.common.rundir import SweepDir
+from fedsynth.common.rundir import RunDir, SweepDir
+from fedsynth.common.tracking import Tracker
 from fedsynth.report.html import write_sweep_report
 from fedsynth.simulation import simulate
 from fedsynth.sweep.budgets import REAL_ARMS, SYNTHETIC_ARMS, budget_config, label
@@ -83,8 +84,23 @@ def run_budget(cfg: Config, epsilon: float, out: Path) -> dict[str, Any]:
         "membership_auc": audit.report["membership"]["overall"]["auc"],
         "memorised_fraction": audit.report["memorisation"].get("flagged_fraction"),
     }
+    _track_budget(run, epsilon, summary)
     atomic_write_json(marker, summary)
     return summary
+
+
+def _track_budget(run: RunDir, epsilon: float, summary: dict[str, Any]) -> None:
+    """One row of TensorBoard's HParams table per budget (``tensorboard --logdir SWEEP``):
+    the budget beside its measured epsilon, held-out quality and leakage."""
+    rounds = [r for r in run.read_metrics() if r.get("kind") == "round" and r.get("mean")]
+    quality = {f"sweep/heldout_{k}": v for k, v in (rounds[-1]["mean"] if rounds else {}).items()}
+    with Tracker(run.tensorboard) as tb:
+        tb.hparams(
+            {"budget": label(epsilon), "target_epsilon": epsilon if math.isfinite(epsilon) else -1},
+            {"sweep/worst_epsilon": summary["worst_epsilon"],
+             "sweep/membership_auc": summary["membership_auc"],
+             "sweep/memorised_fraction": summary["memorised_fraction"], **quality},
+        )  # fmt: skip
 
 
 def run_sweep(cfg: Config, epsilons: list[float], out: Path) -> Path:

@@ -41,6 +41,7 @@ class LabelCase:
     source_subject: str
     anatomy_subject: str
     edits: list[dict[str, Any]] = field(default_factory=list)
+    stored_affine: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:

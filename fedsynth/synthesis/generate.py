@@ -39,7 +39,7 @@ from fedsynth.common.data.preprocess import (
 from fedsynth.common.errors import OutputExistsError
 from fedsynth.common.gan.trainer import resolve_device
 from fedsynth.common.io.atomic import atomic_directory, atomic_write_json, atomic_write_text
-from fedsynth.common.io.nifti import save_volume
+from fedsynth.common.io.nifti import save_volume, to_stored_orientation
 from fedsynth.synthesis.case import LabelCase
 from fedsynth.synthesis.datasheet import build_datasheet, write_contact_sheet
 from fedsynth.synthesis.generator_io import load_generator
@@ -138,15 +138,26 @@ def to_stored_intensity(volumes: np.ndarray, brain: np.ndarray) -> np.ndarray:
     return np.where(brain[None], np.maximum(scaled, 1.0), 0.0).astype(np.float32)
 
 
+# BraTS files are stored LPS; atlas cases (no source file) are written that way too, so that
+# array-based pipelines mixing real and synthetic cases see both the same way round.
+BRATS_STORED_AXES = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
 def write_case(folder: Path, case_id: str, case: LabelCase, stored: np.ndarray) -> None:
-    """One synthetic case in BraTS 2021 naming (enhancing stored as 4) + its tissue map."""
+    """One synthetic case in BraTS 2021 naming (enhancing stored as 4) + its tissue map,
+    in the stored orientation and affine of its source label map (``case.stored_affine``)."""
+    target = BRATS_STORED_AXES if case.stored_affine is None else case.stored_affine
+
+    def save(name: str, volume: np.ndarray, dtype: type) -> None:
+        array, affine = to_stored_orientation(volume, case.affine, target)
+        save_volume(folder / name, array, affine, dtype)
+
     for k, modality in enumerate(MODALITIES):
-        save_volume(
-            folder / BRATS2021.filename(case_id, modality), stored[k], case.affine, np.int16
-        )
-    seg = brats.labels_for_naming(case.labels, BRATS2021)
-    save_volume(folder / BRATS2021.filename(case_id, SEG), seg, case.affine, np.uint8)
-    save_volume(folder / f"{case_id}_tissue.nii.gz", case.tissue, case.affine, np.uint8)
+        save(BRATS2021.filename(case_id, modality), stored[k], np.int16)
+    save(
+        BRATS2021.filename(case_id, SEG), brats.labels_for_naming(case.labels, BRATS2021), np.uint8
+    )
+    save(f"{case_id}_tissue.nii.gz", case.tissue, np.uint8)
 
 
 @dataclass

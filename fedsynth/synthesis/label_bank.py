@@ -28,8 +28,9 @@ from fedsynth.common.data import phantom_anatomy as pa
 from fedsynth.common.data import phantom_tumour as pt
 from fedsynth.common.data import preprocess, tissue
 from fedsynth.common.data.brats import discover_cases
+from fedsynth.common.data.validate import load_case
 from fedsynth.common.errors import DataError
-from fedsynth.common.io.nifti import load_case, load_volume
+from fedsynth.common.io.nifti import load_volume
 from fedsynth.synthesis.case import ATLAS, COHORT, LabelCase
 from fedsynth.synthesis.edits import apply_random_edits
 
@@ -182,6 +183,7 @@ def cohort_case(case_files: Any, tissue_seed: int = 0) -> LabelCase:
         source=COHORT,
         source_subject=loaded.case_id,
         anatomy_subject=loaded.case_id,
+        stored_affine=loaded.stored_affine,
     )
 
 

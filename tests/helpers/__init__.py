@@ -2,7 +2,8 @@
 
 - ``gan_fakes``: an in-memory slice cache and a tiny config for GAN, privacy, trainer tests;
 - ``synthetic_brain``: tiny synthetic brains with known tissue and tumour (memory or NIfTI);
-- ``tiny_run``: one tiny central training run on the smoke phantoms (audit, report).
+- ``tiny_run``: one tiny central training run on the smoke phantoms (audit, report);
+- ``tb_events``: TensorBoard event files read back with TensorBoard's own reader.
 """
 
 from pathlib import Path

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from fedsynth.common.data import brats
-from fedsynth.common.io.nifti import LoadedCase, save_volume
+from fedsynth.common.data.loaded import LoadedCase
+from fedsynth.common.io.nifti import save_volume
 
 SHAPE = (36, 44, 30)
 # Mean intensity per tissue class (0 unused, 1 CSF, 2 GM, 3 WM) and per tumour label (1, 2, 3).
@@ -65,7 +66,7 @@ def images_for(tissue, seg, seed=0, noise=25.0):
 
 
 def loaded_case(case_id="synth", shape=SHAPE, tumour=True, seed=0, with_tissue=False):
-    """A LoadedCase as ``io.nifti.load_case`` would return it (already RAS)."""
+    """A LoadedCase as ``validate.load_case`` would return it (already RAS)."""
     tissue, seg = anatomy(shape, tumour)
     return LoadedCase(
         case_id=case_id,

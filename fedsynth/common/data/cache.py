@@ -32,12 +32,16 @@ import numpy as np
 
 from fedsynth.common.config import Config, PreprocessConfig, expand_path
 from fedsynth.common.data import brats
+from fedsynth.common.data.cohort import resolve_cohort
+from fedsynth.common.data.preprocess import preprocess_case
+from fedsynth.common.data.validate import inspect_case
 from fedsynth.common.errors import DataError
 from fedsynth.common.io.atomic import atomic_directory, atomic_write_json
+from fedsynth.common.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when preprocessing changes its output for the same settings
+CACHE_VERSION = 2  # bump when preprocessing changes its output for the same settings
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _COPY_CHUNK = 16 << 20
 
@@ -85,8 +89,6 @@ def site_slices(cfg: Config, subjects: list[str], name: str) -> SliceCache:
     read: with ``data.strict`` an invalid case is a DataError listing every problem of these
     subjects; otherwise it is skipped with a warning (and recorded in the manifest).
     """
-    from fedsynth.common.data.cohort import resolve_cohort
-
     return build_slices(
         cohort_dir=resolve_cohort(cfg),
         subjects=subjects,
@@ -95,6 +97,7 @@ def site_slices(cfg: Config, subjects: list[str], name: str) -> SliceCache:
         cache_root=expand_path(cfg.data.cache_dir) / "slices",
         strict=cfg.data.strict,
         labels_optional=cfg.data.labels_optional,
+        labels=cfg.data.labels,
     )
 
 
@@ -106,6 +109,7 @@ def build_slices(
     cache_root: Path,
     strict: bool = True,
     labels_optional: bool = False,
+    labels: str = brats.AUTO,
 ) -> SliceCache:
     """``site_slices`` without the config: reuse the cache under ``cache_root`` or build it."""
     if not _NAME.match(name):
@@ -113,10 +117,10 @@ def build_slices(
     if not subjects:
         raise DataError(cohort_dir, f"no subjects given for slice cache '{name}'")
     cohort_dir = Path(cohort_dir).resolve()
-    settings = _settings(cohort_dir, subjects, preprocess, strict, labels_optional)
+    settings = _settings(cohort_dir, subjects, preprocess, strict, labels_optional, labels)
     key = _hash(settings)
     path = Path(cache_root) / f"{name}-{key[:12]}"
-    cases = [_find_subject(cohort_dir, s) for s in subjects]
+    cases = [brats.find_subject(cohort_dir, s, labels) for s in subjects]
     with _lock(path):
         sources = _fingerprint(cases)
         cache = _reuse(path, name, key, sources)
@@ -128,8 +132,9 @@ def build_slices(
     return cache
 
 
-def _settings(cohort_dir, subjects, preprocess, strict, labels_optional) -> dict[str, Any]:
+def _settings(cohort_dir, subjects, preprocess, strict, labels_optional, labels) -> dict[str, Any]:
     return {
+        "labels": labels,
         "cache_version": CACHE_VERSION,
         "preprocess": asdict(preprocess),
         "cohort_dir": str(cohort_dir),
@@ -143,19 +148,10 @@ def _hash(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
-def _find_subject(cohort_dir: Path, subject: str) -> brats.CaseFiles:
-    folder = cohort_dir / subject
-    if not folder.is_dir():
-        raise DataError(
-            folder, f"subject '{subject}' is in the split but has no folder in the cohort"
-        )
-    return brats.find_case(folder)
-
-
 def _case_paths(case: brats.CaseFiles) -> list[Path]:
     paths = [case.images[m] for m in brats.MODALITIES if m in case.images]
     paths += [p for p in (case.seg, case.tissue) if p is not None]
-    return paths + list(getattr(case, "duplicates", []))
+    return list(dict.fromkeys(paths + list(case.duplicates)))  # a 4-D file once
 
 
 def _fingerprint(cases: list[brats.CaseFiles]) -> list[dict[str, Any]]:
@@ -263,11 +259,6 @@ class _Appender:
 
 
 def _build(path, cases, name, settings, key, sources, preprocess, strict, labels_optional):
-    from tqdm import tqdm
-
-    from fedsynth.common.data.preprocess import preprocess_case
-    from fedsynth.common.data.validate import inspect_case
-
     problems: dict[str, list[str]] = {}
     patients: list[str] = []
     ranges: list[list[int]] = []
@@ -279,7 +270,7 @@ def _build(path, cases, name, settings, key, sources, preprocess, strict, labels
 
     with atomic_directory(path, overwrite=True) as tmp:
         out = _Appender(tmp)
-        for case in tqdm(cases, desc=f"preprocess {name}", unit="case", leave=False):
+        for case in progress_bar(cases, desc=f"preprocess {name}", unit="case"):
             loaded, found = inspect_case(case, labels_optional=labels_optional)
             if found:
                 reject(case.case_id, found)

@@ -1,10 +1,11 @@
 """One loaded case -> normalised, cropped, resized axial slices with tumour and tissue labels.
 
-Steps (volumes arrive reoriented to RAS by ``io.nifti.load_case``, so axis 2 is axial):
+Steps (volumes arrive reoriented to RAS by ``validate.load_case``, so axis 2 is axial):
 
-1. brain mask: union of the nonzero voxels of the four contrasts (BraTS images are skull
-   stripped with an exact-zero background) and of the tumour label, largest 3D connected
-   component, holes filled;
+1. brain mask: union of the voxels of the four contrasts that differ from that contrast's
+   background value (0 in BraTS, whose images are skull stripped with an exact-zero
+   background; the constant a normalised copy gave it otherwise, see ``background``) and of
+   the tumour label, largest 3D connected component, holes filled;
 2. crop every volume to the mask's bounding box;
 3. per contrast: clip to the [lower, upper] percentile window of the brain voxels and scale
    to [-1, 1]; everything outside the brain is -1;
@@ -26,19 +27,20 @@ axis), columns = y (posterior -> anterior). ``display_view`` turns it for viewin
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from fedsynth.common.config import PreprocessConfig
 from fedsynth.common.data import tissue as tissue_mod
+from fedsynth.common.data.background import find_background
 from fedsynth.common.data.brats import MODALITIES
+from fedsynth.common.data.loaded import LoadedCase
 from fedsynth.common.errors import DataError
-
-if TYPE_CHECKING:
-    from fedsynth.common.io.nifti import LoadedCase
 
 
 @dataclass
@@ -60,15 +62,25 @@ class PreprocessedCase:
     bbox: tuple[int, int, int, int, int, int]
 
 
-def brain_mask(images: dict[str, np.ndarray], seg: np.ndarray | None = None) -> np.ndarray:
-    """bool (X, Y, Z): nonzero in any contrast (or tumour), largest component, holes filled.
+def brain_mask(
+    images: dict[str, np.ndarray],
+    seg: np.ndarray | None = None,
+    background: Mapping[str, float | None] | None = None,
+) -> np.ndarray:
+    """bool (X, Y, Z): differs from its background in any contrast (or is tumour), largest
+    component, holes filled.
 
-    An all-zero case gives an empty mask (``preprocess_case`` reports it as a DataError).
+    background: modality -> background value (``LoadedCase.background``); found with
+    ``background.find_background`` where not given, 0 where the image has none.
+    An all-background case gives an empty mask (``preprocess_case`` reports it).
     """
     vols = list(images.values())
     mask = np.zeros(vols[0].shape, dtype=bool)
-    for v in vols:
-        mask |= v != 0
+    for m, v in images.items():
+        value = (background or {}).get(m)
+        if value is None:
+            value = find_background(v) or 0.0
+        mask |= v != value
     if seg is not None:
         mask |= seg > 0
     if not mask.any():
@@ -143,9 +155,6 @@ def resize_images(stack: np.ndarray, size: int) -> np.ndarray:
     Bilinear (and its antialiasing triangle filter) has non-negative weights, so the output
     stays inside the input's value range.
     """
-    import torch
-    import torch.nn.functional as F
-
     t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))
     out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return out.numpy()
@@ -153,9 +162,6 @@ def resize_images(stack: np.ndarray, size: int) -> np.ndarray:
 
 def resize_nearest(stack: np.ndarray, size: int) -> np.ndarray:
     """(N, L, L) integer or bool -> (N, size, size), same dtype, nearest neighbour: no new values."""
-    import torch
-    import torch.nn.functional as F
-
     t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
     out = F.interpolate(t, size=(size, size), mode="nearest-exact")[:, 0].numpy()
     return np.rint(out).astype(stack.dtype)
@@ -184,7 +190,7 @@ def preprocess_case(case: LoadedCase, cfg: PreprocessConfig) -> PreprocessedCase
     missing = [m for m in MODALITIES if m not in case.images]
     if missing:
         raise DataError(case.case_id, f"missing contrasts {missing}; need {list(MODALITIES)}")
-    brain_full = brain_mask(case.images, case.seg)
+    brain_full = brain_mask(case.images, case.seg, case.background)
     if not brain_full.any():
         raise DataError(case.case_id, "all images are zero: no brain to preprocess")
     bbox = bounding_box(brain_full)

@@ -11,8 +11,12 @@ import csv
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from fedsynth.common.data.brats import MODALITIES, discover_cases
+from fedsynth.common.data.validate import load_case
+from fedsynth.common.io.atomic import save_figure
 
 _TITLES = {"t1": "T1", "t1c": "T1c", "t2": "T2", "flair": "FLAIR"}
 # RGBA per internal label: necrotic red, oedema green, enhancing yellow (the usual BraTS look).
@@ -49,23 +53,13 @@ def preview_cohort(cohort_dir: str | Path, out_png: str | Path, n_subjects: int 
 
     Writes ``out_png`` atomically and returns it. Raises DataError for unreadable files.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-    from fedsynth.common.io.atomic import save_figure
-    from fedsynth.common.io.nifti import load_case
-
     cohort_dir = Path(cohort_dir)
     cases = discover_cases(cohort_dir)
     picks = np.unique(np.linspace(0, len(cases) - 1, min(n_subjects, len(cases))).astype(int))
     sites = _scanner_sites(cohort_dir)
     ncols = len(MODALITIES) + 1
-    fig, axes = plt.subplots(
-        len(picks), ncols, figsize=(1.6 * ncols, 1.9 * len(picks)), squeeze=False
-    )
+    fig = Figure(figsize=(1.6 * ncols, 1.9 * len(picks)))
+    axes = fig.subplots(len(picks), ncols, squeeze=False)
     for row, idx in zip(axes, picks, strict=True):
         case = load_case(cases[idx], labels_optional=True)
         z = _pick_slice(case.seg, case.images["flair"] > 0)
@@ -89,5 +83,4 @@ def preview_cohort(cohort_dir: str | Path, out_png: str | Path, n_subjects: int 
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     out_png = Path(out_png)
     save_figure(fig, out_png, dpi=80)
-    plt.close(fig)
     return out_png

@@ -3,7 +3,9 @@
 With DP (``dp_d``/``dp_g`` given) both steps are DP-SGD on the same sampled patients: the
 per-patient losses are summed, Opacus computes per-sample (= per-patient) gradients, and
 PatientDP clips and noises them (see fedsynth.common.privacy.dp). Without DP the mean loss is
-backpropagated as usual.
+backpropagated as usual, and on a GPU the forward passes and losses may run under bfloat16
+autocast (``GanParts.amp_dtype``); never with DP, whose clipping arithmetic stays float32
+(fedsynth.common.device).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fedsynth.common.device import autocast
 from fedsynth.common.gan.losses import Pix2PixLoss
 from fedsynth.common.privacy.dp import PatientDP
 
@@ -42,6 +45,15 @@ class GanParts:
     loss: Pix2PixLoss
     dp_d: PatientDP | None = None
     dp_g: PatientDP | None = None
+    amp_dtype: torch.dtype | None = None  # autocast for forward + loss; None = float32
+
+    def __post_init__(self) -> None:
+        if self.amp_dtype is not None and (self.dp_d is not None or self.dp_g is not None):
+            raise ValueError("mixed precision is not used with DP (clipping must be float32)")
+
+    def amp(self) -> contextlib.AbstractContextManager:
+        """Autocast around a forward pass and its loss (a no-op in float32)."""
+        return autocast(next(self.generator.parameters()).device, self.amp_dtype)
 
     @property
     def g(self) -> nn.Module:
@@ -90,7 +102,8 @@ def train_step(
     batch = cond.shape[0] // views
     if batch == 0:
         return _empty_step(parts)
-    fake = parts.g(cond)  # forward
+    with parts.amp():
+        fake = parts.g(cond)  # forward
     loss_d = discriminator_step(parts, cond, real, fake.detach(), views)  # D step
     with frozen_discriminator(parts):  # freeze D
         g_adv, g_l1 = generator_step(parts, cond, real, fake, views)  # G step
@@ -109,8 +122,9 @@ def discriminator_step(
     rows = cond.shape[0]
     batch = rows // views
     parts.opt_d.zero_grad(set_to_none=True)
-    logits = parts.d(torch.cat([cond, cond]), torch.cat([real, fake]))
-    terms = parts.loss.discriminator_terms(logits, rows) / views
+    with parts.amp():
+        logits = parts.d(torch.cat([cond, cond]), torch.cat([real, fake]))
+        terms = parts.loss.discriminator_terms(logits, rows).float() / views
     if parts.dp_d is not None:
         _backward(terms.sum())
         parts.dp_d.privatise(batch, fold=2 * views)
@@ -126,7 +140,9 @@ def generator_step(
     """Update G through the frozen D: fool D on (cond, fake) and stay close to real in L1.
     Per patient, the loss is the mean over its ``views`` rows (see train_step)."""
     parts.opt_g.zero_grad(set_to_none=True)
-    adv, l1 = parts.loss.generator(parts.d(cond, fake), fake, real)
+    with parts.amp():
+        adv, l1 = parts.loss.generator(parts.d(cond, fake), fake, real)
+    adv, l1 = adv.float(), l1.float()
     per_row = (adv + l1) / views
     batch = cond.shape[0] // views
     if parts.dp_g is not None:

@@ -22,6 +22,14 @@ import torch
 from tqdm import tqdm
 
 from fedsynth.common.config import Config
+from fedsynth.common.device import (
+    Prefetcher,
+    loader_depth,
+    pin,
+    resolve_device,  # noqa: F401 (imported from here by synthesis and the benchmark)
+    resolve_precision,
+    to_device,
+)
 from fedsynth.common.errors import CheckpointError
 from fedsynth.common.gan.init import apply_init, load_init
 from fedsynth.common.gan.losses import Pix2PixLoss
@@ -82,13 +90,6 @@ class TrainerState:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def resolve_device(name: str) -> torch.device:
-    """ "auto" -> cuda if available else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _patient_sampler(cache: Any, sample_rate: float, cfg: Config, seed: int) -> Sampler:
     from fedsynth.common.data.datasets import PatientSampler
 
@@ -136,6 +137,7 @@ class LocalTrainer:
         self.sample_rate = sample_rate_for(cfg.train.batch_size, self.patients, where)
         self.sampler = sampler or _patient_sampler(cache, self.sample_rate, cfg, self.seed)
         self.dp_enabled = cfg.privacy.enabled
+        self.amp_dtype = resolve_precision(cfg.train.precision, self.device, self.dp_enabled)
         self.planned_steps = planned_steps
         self.steps_done = 0
         self.rng = np.random.default_rng(self.seed)
@@ -198,6 +200,7 @@ class LocalTrainer:
             loss=Pix2PixLoss(t.gan_loss, t.l1_weight),
             dp_d=dp_d,
             dp_g=dp_g,
+            amp_dtype=self.amp_dtype,
         )
 
     # -- training -----------------------------------------------------------------------
@@ -229,14 +232,19 @@ class LocalTrainer:
         start = time.perf_counter()
         done: list[StepLosses] = []
         bar = tqdm(range(n), desc=f"train {self.site}", disable=not progress, leave=False)
-        for _ in bar:
-            losses = self._one_step()
+        # On a GPU the next batches are sampled, read and pinned while the current step runs.
+        batches = Prefetcher(self._next_batch, loader_depth(self.device)).take(n)
+        for _, batch in zip(bar, batches, strict=True):
+            losses = self._one_step(batch)
             done.append(losses)
             if progress and losses.batch:
                 bar.set_postfix(d=f"{losses.d:.3f}", l1=f"{losses.g_l1:.3f}")
         return self._report(done, time.perf_counter() - start)
 
-    def _one_step(self) -> StepLosses:
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next Poisson sample's (cond, real) on the host, pinned for a GPU. Called once
+        per step, in step order (possibly from the prefetch thread): the only user of
+        ``self.rng`` while training runs."""
         indices = np.asarray(self.sampler.sample(self.rng))
         if len(indices):
             cond, real = self.sampler.batch(indices)
@@ -245,8 +253,11 @@ class LocalTrainer:
             cond = torch.zeros((0, CONDITION_CHANNELS, s, s))
             real = torch.zeros((0, IMAGE_CHANNELS, s, s))
         cond, real = with_views(cond, real, self.cfg.train.views)
-        views = self.cfg.train.views
-        losses = train_step(self.parts, cond.to(self.device), real.to(self.device), views)
+        return pin((cond, real), self.device)
+
+    def _one_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> StepLosses:
+        cond, real = to_device(batch, self.device)
+        losses = train_step(self.parts, cond, real, self.cfg.train.views)
         if self.dp_enabled:
             self.accountant.step(
                 noise_multiplier=self.accounted_noise_multiplier, sample_rate=self.sample_rate

@@ -1,89 +1,199 @@
-"""NIfTI input and output: whole-file reads that fail early, RAS reorientation, atomic writes.
+"""NIfTI input and output: bounded whole-file reads that fail early, RAS reorientation, atomic writes.
 
-Reading decompresses and parses the *whole* file up front, so a truncated or corrupted
-``.nii.gz`` fails here, at validation, with a message naming the file, instead of halfway
-through preprocessing or training. Every volume is reoriented to the closest RAS canonical
-orientation (``nibabel.as_closest_canonical``), so axis 0 runs right-ward, 1 anterior-ward and
-2 superior-ward whatever the scanner wrote.
+This module reads and writes volumes only; it knows nothing of cases, namings or labels (that is
+the data layer, ``fedsynth.common.data``).
+
+Reading parses the header first and checks what it claims against what the file holds
+*before* allocating anything: the data block must be exactly as long as the header's shape and
+data type say (a short file is truncated, a longer one carries trailing junk), a gzip stream is
+decompressed with a limit derived from the header (so a small gzip bomb stops after the bytes the
+header promised), and no volume may claim more than ``MAX_VOLUME_BYTES``. The whole file is then
+decompressed and parsed up front, so a truncated or corrupted ``.nii.gz`` fails here, at
+validation, with a message naming the file, instead of halfway through preprocessing or
+training. Every volume is reoriented to the closest RAS canonical orientation
+(``nibabel.as_closest_canonical``), so axis 0 runs right-ward, 1 anterior-ward and 2
+superior-ward whatever the scanner wrote; the affine as stored is kept, so that writers can put
+a volume back in the orientation it came in (``to_stored_orientation``).
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel import orientations
 
-from fedsynth.common.data.brats import CaseFiles
 from fedsynth.common.errors import DataError
 from fedsynth.common.io.atomic import atomic_write_bytes
 
 _NIFTI1_HEADER, _NIFTI2_HEADER = 348, 540  # the sizeof_hdr field that starts each format
+_GZIP_MAGIC = b"\x1f\x8b"
+# A 1 mm BraTS volume is 35 MB as float32; 0.5 mm whole-head float64 about 1.3 GB. Anything
+# beyond this is refused before allocation rather than risking the machine's memory.
+MAX_VOLUME_BYTES = 4 << 30
+_CHUNK = 1 << 20
 
 
-@dataclass
-class LoadedCase:
-    """One subject in memory, RAS canonical, all volumes on the same (X, Y, Z) grid.
+@dataclass(frozen=True)
+class Volume:
+    """One volume read from disk, reoriented to RAS canonical.
 
-    images: modality key (t1, t1c, t2, flair) -> float32 (X, Y, Z), scanner intensities.
-    seg: uint8 (X, Y, Z) tumour labels in the internal convention 0..3, or None when the case
-        has no label map (only where labels are optional).
-    tissue: uint8 (X, Y, Z) 0 bg, 1 CSF, 2 GM, 3 WM, or None when the case has no tissue map.
-    affine: float64 (4, 4) voxel -> world (mm) of every volume above.
+    data: (X, Y, Z) or (X, Y, Z, C) in its stored dtype (float where the header scales).
+    affine: float64 (4, 4) voxel -> world (mm) of ``data``.
+    stored_affine: float64 (4, 4) the affine as stored in the file (before reorientation).
     """
 
-    case_id: str
-    images: dict[str, np.ndarray]
-    seg: np.ndarray | None
-    tissue: np.ndarray | None
+    data: np.ndarray
     affine: np.ndarray
+    stored_affine: np.ndarray
 
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return next(iter(self.images.values())).shape  # type: ignore[return-value]
+
+@dataclass(frozen=True)
+class _Layout:
+    """What a header claims: the NIfTI class, voxel data offset and length in bytes."""
+
+    klass: type
+    offset: int
+    nbytes: int
+    shape: tuple[int, ...]
+
+
+def _header_layout(path: Path, head: bytes) -> _Layout:
+    """Parse the fixed-size header at the start of ``head`` (no extensions needed)."""
+    if len(head) < 4:
+        raise DataError(path, f"not a NIfTI file: only {len(head)} bytes")
+    sizes = {int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")}
+    if _NIFTI1_HEADER in sizes:
+        klass, size = nib.Nifti1Image, _NIFTI1_HEADER
+    elif _NIFTI2_HEADER in sizes:
+        klass, size = nib.Nifti2Image, _NIFTI2_HEADER
+    else:
+        raise DataError(path, "not a NIfTI file (its header does not start with size 348 or 540)")
+    if len(head) < size:
+        raise DataError(path, f"truncated NIfTI header: {len(head)} of {size} bytes")
+    try:
+        header = klass.header_class(binaryblock=head[:size])
+        shape = tuple(int(n) for n in header.get_data_shape())
+        itemsize = np.dtype(header.get_data_dtype()).itemsize
+        offset = int(header.get_data_offset())
+    except Exception as e:  # nibabel raises several types for malformed headers
+        raise DataError(path, f"unreadable NIfTI header: {_reason(e)}") from e
+    if any(n < 0 for n in shape):
+        raise DataError(path, f"header claims a negative dimension {shape}")
+    nbytes = int(np.prod(shape, dtype=object)) * itemsize if shape else 0
+    if nbytes > MAX_VOLUME_BYTES:
+        raise DataError(
+            path,
+            f"header claims a volume of shape {shape} ({nbytes / 2**30:.1f} GiB), more than the "
+            f"{MAX_VOLUME_BYTES / 2**30:.0f} GiB fedsynth reads; refusing to allocate it",
+        )
+    return _Layout(klass, max(offset, size + 4), nbytes, shape)
+
+
+def _check_length(path: Path, layout: _Layout, have: int, compressed: bool) -> None:
+    """The data block after the header must be exactly as long as the header says."""
+    expected = layout.offset + layout.nbytes
+    what = "decompressed stream" if compressed else "file"
+    if have < expected:
+        raise DataError(
+            path,
+            f"truncated: the header claims {layout.nbytes} bytes of voxel data (shape "
+            f"{layout.shape}) but the {what} holds only {max(have - layout.offset, 0)}; "
+            "re-export or re-copy the file",
+        )
+    if have > expected:
+        extra = f"more than {have - expected}" if compressed else f"{have - expected}"
+        raise DataError(
+            path,
+            f"{extra} bytes of trailing data after the voxel data the header describes (shape "
+            f"{layout.shape}); the file is damaged or is not what its header says",
+        )
+
+
+def _read_plain(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        head = f.read(_NIFTI2_HEADER)
+        layout = _header_layout(path, head)
+        _check_length(path, layout, os.fstat(f.fileno()).st_size, compressed=False)
+        return head + f.read()
+
+
+def _read_gzip(path: Path) -> bytes:
+    """Decompress at most the bytes the header promises, plus one to detect trailing data.
+
+    Handles multi-member gzip files (zlib checks each member's CRC and length) and the zero
+    padding some tools append; anything else after the last member is refused.
+    """
+    out = bytearray()
+    layout: _Layout | None = None
+
+    def room() -> int:  # output still accepted: the header's claim + 1 (always >= 1 here)
+        claim = _NIFTI2_HEADER if layout is None else layout.offset + layout.nbytes
+        return claim + 1 - len(out)
+
+    with open(path, "rb") as f:
+        d = zlib.decompressobj(wbits=31)
+        data = f.read(_CHUNK)
+        while data:
+            try:
+                out += d.decompress(data, room())
+            except zlib.error as e:
+                raise DataError(
+                    path, f"corrupted gzip stream ({_reason(e)}); re-export or re-copy the file"
+                ) from e
+            if layout is None and len(out) > _NIFTI2_HEADER:
+                layout = _header_layout(path, bytes(out[:_NIFTI2_HEADER]))
+            if layout is not None and len(out) > layout.offset + layout.nbytes:
+                _check_length(path, layout, len(out), compressed=True)
+            data = d.unconsumed_tail
+            if d.eof:
+                data = d.unused_data or f.read(_CHUNK)
+                if data and data[:2] != _GZIP_MAGIC:
+                    if data.strip(b"\0") or f.read(_CHUNK).strip(b"\0"):
+                        raise DataError(path, "trailing non-gzip data after the gzip stream")
+                    break
+                if data:
+                    d = zlib.decompressobj(wbits=31)  # the next member of a multi-member file
+            elif not data:
+                data = f.read(_CHUNK)
+        if not d.eof:
+            raise DataError(
+                path, "truncated gzip stream (it ends before its end marker); re-copy the file"
+            )
+    if layout is None:
+        layout = _header_layout(path, bytes(out))
+    _check_length(path, layout, len(out), compressed=True)
+    return bytes(out)
+
+
+def _reason(e: BaseException) -> str:
+    """An exception's text, or its type's name when it has none (MemoryError(), EOFError())."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def _read_bytes(path: Path) -> bytes:
-    """The file's NIfTI bytes, decompressed if gzipped (checks the gzip CRC and length)."""
+    """The file's NIfTI bytes, decompressed if gzipped, after the header's claims are checked."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            magic = f.read(2)
+        return _read_gzip(path) if magic == _GZIP_MAGIC else _read_plain(path)
     except OSError as e:
-        raise DataError(path, f"cannot read file: {e.strerror or e}") from e
-    if raw[:2] != b"\x1f\x8b":  # not gzip, whatever the extension says
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (EOFError, OSError, zlib.error) as e:
-        raise DataError(
-            path, f"unreadable or truncated gzip stream ({e}); re-export or re-copy the file"
-        ) from e
+        raise DataError(path, f"cannot read file: {e.strerror or _reason(e)}") from e
+    except MemoryError as e:
+        raise DataError(path, "not enough memory to read this file") from e
 
 
-def _parse(path: Path, raw: bytes) -> nib.Nifti1Image | nib.Nifti2Image:
-    if len(raw) < 4:
-        raise DataError(path, f"not a NIfTI file: only {len(raw)} bytes")
-    sizes = {int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")}
-    if _NIFTI1_HEADER in sizes:
-        klass = nib.Nifti1Image
-    elif _NIFTI2_HEADER in sizes:
-        klass = nib.Nifti2Image
-    else:
-        raise DataError(path, "not a NIfTI file (its header does not start with size 348 or 540)")
-    try:
-        return klass.from_bytes(raw)
-    except Exception as e:  # nibabel raises several types for malformed headers
-        raise DataError(path, f"unreadable NIfTI header: {e}") from e
-
-
-def _check_header(path: Path, img: nib.spatialimages.SpatialImage) -> None:
+def _check_header(path: Path, img: nib.spatialimages.SpatialImage, ndim: int) -> None:
     shape = tuple(int(n) for n in img.shape)
-    if len(shape) == 4:
-        raise DataError(path, f"4-D volume of shape {shape}; expected one 3-D volume (X, Y, Z)")
-    if len(shape) != 3:
-        raise DataError(path, f"{len(shape)}-D volume of shape {shape}; expected 3-D (X, Y, Z)")
+    if len(shape) != ndim:
+        want = "one 3-D volume (X, Y, Z)" if ndim == 3 else "a 4-D volume (X, Y, Z, C)"
+        raise DataError(path, f"{len(shape)}-D volume of shape {shape}; expected {want}")
     if min(shape) < 1:
         raise DataError(path, f"empty volume of shape {shape}")
     affine = img.affine
@@ -98,23 +208,64 @@ def _check_header(path: Path, img: nib.spatialimages.SpatialImage) -> None:
         raise DataError(path, f"unsupported voxel data type {dtype} (expected integers or floats)")
 
 
-def load_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read one 3-D NIfTI volume completely and reorient it to RAS canonical.
+def read_volume(path: str | Path, ndim: int = 3) -> Volume:
+    """Read one NIfTI volume completely (bounded, see the module docstring), reoriented to RAS.
 
-    Returns ``(data, affine)``: data (X, Y, Z) in its stored dtype (float where the header
-    sets an intensity scaling), affine float64 (4, 4) voxel -> world in mm. Raises DataError
-    naming ``path`` for a missing, truncated or corrupted file, a non-NIfTI file, a volume
-    that is not 3-D, a bad affine or a non-numeric data type.
+    ndim: 3 for one volume, 4 for a stack of volumes (X, Y, Z, C) such as the Medical
+    Segmentation Decathlon's multi-contrast images. Raises DataError naming ``path`` for a
+    missing, truncated, oversized or corrupted file, trailing data, a non-NIfTI file, a volume
+    of another dimensionality, a bad affine or a non-numeric data type.
     """
     path = Path(path)
-    img = _parse(path, _read_bytes(path))
-    _check_header(path, img)
+    raw = _read_bytes(path)
+    layout = _header_layout(path, raw[:_NIFTI2_HEADER])
+    try:
+        img = layout.klass.from_bytes(raw)
+    except Exception as e:  # nibabel raises several types for malformed headers
+        raise DataError(path, f"unreadable NIfTI header: {_reason(e)}") from e
+    _check_header(path, img, ndim)
     try:
         canonical = nib.as_closest_canonical(img)
-        data = np.asanyarray(canonical.dataobj)
-    except Exception as e:  # a data block shorter than the header promises, mostly
-        raise DataError(path, f"unreadable or truncated voxel data ({e})") from e
-    return np.ascontiguousarray(data), np.asarray(canonical.affine, dtype=np.float64)
+        data = np.ascontiguousarray(np.asanyarray(canonical.dataobj))
+    except MemoryError as e:
+        raise DataError(path, f"not enough memory for a volume of shape {img.shape}") from e
+    except Exception as e:  # lengths were checked above; this is a malformed data block
+        raise DataError(path, f"unreadable voxel data ({_reason(e)})") from e
+    return Volume(
+        data,
+        np.asarray(canonical.affine, dtype=np.float64),
+        np.asarray(img.affine, dtype=np.float64),
+    )
+
+
+def load_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(data, affine)`` of one 3-D volume, RAS canonical (see ``read_volume``).
+
+    data (X, Y, Z) in its stored dtype (float where the header sets an intensity scaling),
+    affine float64 (4, 4) voxel -> world in mm.
+    """
+    volume = read_volume(path)
+    return volume.data, volume.affine
+
+
+def to_stored_orientation(
+    array: np.ndarray, ras_affine: np.ndarray, stored_affine: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Undo ``as_closest_canonical``: a RAS-canonical array back in the stored axis order.
+
+    array: (X, Y, Z) in RAS canonical order, on the grid ``ras_affine``; stored_affine: the
+    affine of the file it came from (or any affine with the wanted axis directions). Returns
+    (array in the stored axis order, its affine). When the grid is the stored file's own, the
+    returned affine is ``stored_affine`` itself, so a round trip writes identical headers.
+    """
+    stored_ornt = orientations.io_orientation(stored_affine)
+    ras_ornt = orientations.axcodes2ornt(("R", "A", "S"))
+    transform = orientations.ornt_transform(ras_ornt, stored_ornt)
+    out = orientations.apply_orientation(array, transform)
+    affine = ras_affine @ orientations.inv_ornt_aff(transform, array.shape)
+    if np.allclose(affine, stored_affine, atol=1e-4):
+        affine = np.asarray(stored_affine, dtype=np.float64)
+    return np.ascontiguousarray(out), affine
 
 
 def _cast(path: Path, array: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -162,23 +313,3 @@ def save_volume(
     if path.name.endswith(".gz"):
         data = gzip.compress(data, compresslevel=6, mtime=0)
     atomic_write_bytes(path, data)
-
-
-def load_case(case: CaseFiles, labels_optional: bool = False) -> LoadedCase:
-    """Load and check every file of ``case`` (see ``fedsynth.common.data.validate``).
-
-    Raises DataError naming the first bad file (and how many other problems there are) if the
-    case does not pass validation; otherwise returns the case as a LoadedCase.
-    """
-    from fedsynth.common.data.validate import inspect_case  # validate builds on this module
-
-    loaded, problems = inspect_case(case, labels_optional=labels_optional)
-    if problems:
-        more = (
-            f" (and {len(problems) - 1} more problems in case {case.case_id})"
-            if len(problems) > 1
-            else ""
-        )
-        raise DataError(problems[0].path, problems[0].message + more)
-    assert loaded is not None  # inspect_case returns a case whenever there are no problems
-    return loaded
