@@ -13,9 +13,9 @@ import argparse
 import shutil
 from pathlib import Path
 
-from fedsynth.cli._common import Summary, add_config_args, announce_tensorboard, config_from_args
+from fedsynth.cli._common import Summary, add_config_args, config_from_args
 from fedsynth.common.errors import OutputExistsError
-from fedsynth.common.rundir import TENSORBOARD_DIR, RunDir
+from fedsynth.common.rundir import RunDir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,7 +47,6 @@ def run(args: argparse.Namespace) -> Summary:
         if not args.overwrite:
             raise OutputExistsError(out)
         shutil.rmtree(out)
-    announce_tensorboard(out / TENSORBOARD_DIR)
     result = run_benchmark(
         cfg,
         args.out,
@@ -57,6 +56,6 @@ def run(args: argparse.Namespace) -> Summary:
     )
     print((result.out / "results.md").read_text())
     outputs = {"benchmark": result.out, "results": result.out / "results.csv",
-               "table": result.out / "results.md", "tensorboard": result.out / TENSORBOARD_DIR}  # fmt: skip
+               "table": result.out / "results.md"}  # fmt: skip
     return Summary("benchmark", f"benchmark finished in {result.seconds:.0f} s", outputs,
                    {"rows": len(result.rows)})  # fmt: skip
