@@ -1,20 +1,32 @@
-"""Synthesis benchmark: throughput, and what the edits do to tumour volumes.
+"""Synthesis benchmark: end-to-end throughput against the generator alone, and edit volumes.
 
-1. Throughput of `fedsynth synthesize` on 2 CPU threads at 64 and 128 px (default generator
-   channels, untrained weights: speed does not depend on the weights): generator slices per
-   second (inference only) and synthetic cases per minute end to end (label bank, edits,
-   slicing, inference, reassembly, NIfTI writing).
-2. On phantom anatomy (atlas bank: MNI152 + procedural tumours), whole-tumour volume of the
-   source label maps vs the edited ones drawn with the default `synthesis` edits.
+1. Throughput at 64 and 128 px (default generator channels, untrained weights: speed does
+   not depend on the weights), ``--threads`` torch threads. Paired, in one process, taking
+   turns ``--reps`` times: (a) ``fedsynth synthesize`` end to end (atlas label bank, edits,
+   slicing, inference, reassembly, NIfTI writing, datasheet, contact sheet) of ``--cases``
+   cases; (b) the generator alone (``generate_slices``: condition channels and forward
+   passes) on the same slices. Ratio = end-to-end slices/s / generator slices/s; target
+   >= 0.5 at both sizes. Median over the pairs.
+2. ``--wait-policies``: generator-only slices/s in child processes with OMP_WAIT_POLICY
+   ACTIVE (threads spin at barriers, like libgomp's default) and PASSIVE (fedsynth's
+   default, see fedsynth/__init__.py), taking turns: the cause of "128 px is 15x slower
+   than 64 px" on a shared machine.
+3. ``--volumes``: on phantom anatomy (atlas bank), whole-tumour volume of the source label
+   maps vs the edited ones drawn with the default ``synthesis`` edits (+ volumes.png).
 
-    python benchmarks/bench_synthesis.py [--out runs/bench/synthesis] [--cases 4] [--edited 60]
+    python benchmarks/bench_synthesis.py [--out runs/bench/synthesis] [--cases 8] [--reps 2]
+        [--threads 2] [--sizes 64 128] [--wait-policies] [--volumes]
 
-Writes results.json and volumes.png under --out.
+Writes results.json under --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -22,57 +34,116 @@ from pathlib import Path
 
 import numpy as np
 
+TARGET = 0.5
 
-def throughput(size: int, cases: int, threads: int) -> dict[str, float]:
+
+def _checkpoint(cfg, path: Path) -> Path:
+    from fedsynth.common.io.checkpoints import save_checkpoint
+    from fedsynth.common.models.registry import architecture_hash, build_generator
+
+    return save_checkpoint(
+        path,
+        build_generator(cfg.model).state_dict(),
+        architecture=cfg.model.generator,
+        config_hash=architecture_hash(cfg.model),
+        step=0,
+        extra={"model": asdict(cfg.model), "image_size": cfg.preprocess.image_size},
+    )
+
+
+def _stacks(cfg, cases: int) -> list:
+    """The slice stacks of the label cases a ``cases``-case synthesis generates from."""
+    from fedsynth.synthesis.generate import slice_case
+    from fedsynth.synthesis.label_bank import build_label_bank, synthetic_label_cases
+
+    bank = build_label_bank(cfg)
+    size = cfg.preprocess.image_size
+    return [slice_case(c, size) for _, c in synthetic_label_cases(bank, cases, cfg.synthesis)]
+
+
+def generator_only(module, stacks: list, batch_size: int) -> tuple[int, float]:
+    """(slices, seconds) of the generator stage alone over ``stacks``."""
+    from fedsynth.synthesis.generate import generate_slices
+
+    t0 = time.perf_counter()
+    n = sum(len(generate_slices(module, s, batch_size, "cpu")) for s in stacks)
+    return n, time.perf_counter() - t0
+
+
+def throughput(size: int, cases: int, threads: int, reps: int) -> dict:
     import torch
 
     from fedsynth.common.config import load_config
-    from fedsynth.common.io.checkpoints import save_checkpoint
-    from fedsynth.common.models.registry import architecture_hash, build_generator
-    from fedsynth.synthesis import generate as gen_mod
     from fedsynth.synthesis.generate import synthesize
+    from fedsynth.synthesis.generator_io import load_generator
 
     torch.set_num_threads(threads)
     cfg = load_config(
         None, [f"preprocess.image_size={size}", "synthesis.device=cpu", f"synthesis.cases={cases}"]
     )
+    pairs = []
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = save_checkpoint(
-            Path(tmp) / "g.safetensors",
-            build_generator(cfg.model).state_dict(),
-            architecture=cfg.model.generator,
-            config_hash=architecture_hash(cfg.model),
-            step=0,
-            extra={"model": asdict(cfg.model), "image_size": size},
-        )
+        ckpt = _checkpoint(cfg, Path(tmp) / "g.safetensors")
+        module = load_generator(ckpt, fallback=cfg).module.eval()
+        stacks = _stacks(cfg, cases)
         synthesize(cfg, ckpt, Path(tmp) / "warm", cases=1, progress=False)  # template, threads
-        inference = {"seconds": 0.0, "slices": 0}
-        original = gen_mod.generate_slices
-
-        def timed(*args, **kwargs):
-            t = time.perf_counter()
-            out = original(*args, **kwargs)
-            inference["seconds"] += time.perf_counter() - t
-            inference["slices"] += len(out)
-            return out
-
-        gen_mod.generate_slices = timed
-        try:
+        generator_only(module, stacks[:1], cfg.synthesis.batch_size)
+        for _ in range(reps):
             t0 = time.perf_counter()
-            result = synthesize(cfg, ckpt, Path(tmp) / "out", progress=False)
-            total = time.perf_counter() - t0
-        finally:
-            gen_mod.generate_slices = original
+            result = synthesize(cfg, ckpt, Path(tmp) / "out", overwrite=True, progress=False)
+            e2e = result.slices / (time.perf_counter() - t0)
+            n, seconds = generator_only(module, stacks, cfg.synthesis.batch_size)
+            pairs.append({"end_to_end_slices_per_s": e2e, "generator_slices_per_s": n / seconds})
+    ratios = [p["end_to_end_slices_per_s"] / p["generator_slices_per_s"] for p in pairs]
     return {
         "image_size": size,
         "threads": threads,
         "cases": cases,
         "slices": result.slices,
-        "inference_slices_per_s": round(inference["slices"] / inference["seconds"], 1),
-        "end_to_end_slices_per_s": round(result.slices / total, 1),
-        "cases_per_min": round(60 * cases / total, 2),
-        "seconds": round(total, 2),
+        "pairs": pairs,
+        "generator_slices_per_s": statistics.median(p["generator_slices_per_s"] for p in pairs),
+        "end_to_end_slices_per_s": statistics.median(p["end_to_end_slices_per_s"] for p in pairs),
+        "ratio": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "target": TARGET,
     }
+
+
+_CHILD = """
+import os, sys, time, torch
+from fedsynth.common.config import load_config
+from fedsynth.common.models.registry import build_generator
+torch.set_num_threads(int(sys.argv[1])); size = int(sys.argv[2]); n = int(sys.argv[3])
+g = build_generator(load_config(None, [f"preprocess.image_size={size}"]).model).eval()
+x = torch.randn(16, 7, size, size)
+with torch.inference_mode():
+    g(x)
+    t = time.perf_counter()
+    for _ in range(n // 16): g(x)
+print(n / (time.perf_counter() - t))
+"""
+
+
+def wait_policies(sizes: list[int], threads: int, reps: int) -> list[dict]:
+    """Generator slices/s (batch 16) with OMP_WAIT_POLICY ACTIVE vs PASSIVE, taking turns."""
+    rows = []
+    for size in sizes:
+        speed: dict[str, list[float]] = {"ACTIVE": [], "PASSIVE": []}
+        for _ in range(reps):
+            for policy in speed:
+                env = {**os.environ, "OMP_WAIT_POLICY": policy}
+                n = str(256 if size <= 64 else 64)
+                cmd = [sys.executable, "-c", _CHILD, str(threads), str(size), n]
+                done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+                speed[policy].append(float(done.stdout.split()[-1]))
+        rows.append({
+            "image_size": size, "threads": threads, "batch": 16, "slices_per_s": speed,
+            "passive_over_active": statistics.median(
+                p / a for p, a in zip(speed["PASSIVE"], speed["ACTIVE"], strict=True)
+            ),
+        })  # fmt: skip
+    return rows
 
 
 def edited_volumes(n_edited: int, anatomies: int) -> dict[str, list[float]]:
@@ -121,23 +192,49 @@ def plot(vols: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="runs/bench/synthesis")
-    parser.add_argument("--cases", type=int, default=4, help="cases per throughput run")
+    parser.add_argument("--cases", type=int, default=8, help="cases per end-to-end run")
+    parser.add_argument("--reps", type=int, default=2, help="pairs (end to end, generator)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--wait-policies", action="store_true", help="ACTIVE vs PASSIVE")
+    parser.add_argument("--volumes", action="store_true", help="edit volume statistics")
     parser.add_argument("--edited", type=int, default=60, help="edited label cases drawn")
     parser.add_argument("--anatomies", type=int, default=16, help="atlas bank size")
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    from fedsynth.common.io.atomic import atomic_write_json
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-
-    results = {"throughput": [throughput(s, args.cases, args.threads) for s in (64, 128)]}
-    for r in results["throughput"]:
+    results: dict = {"throughput": []}
+    for size in args.sizes:
+        r = throughput(size, args.cases, args.threads, args.reps)
+        results["throughput"].append(r)
         print(
-            f"{r['image_size']:>4} px, {r['threads']} threads: {r['inference_slices_per_s']} slices/s "
-            f"(generator), {r['end_to_end_slices_per_s']} slices/s and {r['cases_per_min']} "
-            f"cases/min end to end ({r['slices']} slices, {r['cases']} cases)"
+            f"{size:>4} px, {r['threads']} threads, {r['cases']} cases ({r['slices']} slices): "
+            f"end to end {r['end_to_end_slices_per_s']:.1f} slices/s, generator alone "
+            f"{r['generator_slices_per_s']:.1f} slices/s: ratio {r['ratio']:.2f} "
+            f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f}; target >= {TARGET})",
+            flush=True,
         )
+    if args.wait_policies:
+        results["wait_policies"] = wait_policies(args.sizes, args.threads, args.reps)
+        for w in results["wait_policies"]:
+            print(
+                f"{w['image_size']:>4} px generator, OMP_WAIT_POLICY PASSIVE / ACTIVE: "
+                f"{w['passive_over_active']:.1f}x ({w['slices_per_s']})"
+            )
+    if args.volumes:
+        results["volumes"] = volume_summary(args, out)
+    atomic_write_json(out / "results.json", results)
+    print(f"wrote {out / 'results.json'}")
+    return 0
+
+
+def volume_summary(args: argparse.Namespace, out: Path) -> dict:
     vols = edited_volumes(args.edited, args.anatomies)
     src, ed = np.array(vols["source_ml"]), np.array(vols["edited_ml"])
     summary = {
@@ -150,18 +247,14 @@ def main(argv: list[str] | None = None) -> int:
         }
         for name, a in (("source", src), ("edited", ed))
     }
-    results["volumes"] = {**vols, "summary": summary}
     for name, s in summary.items():
         print(
-            f"{name:>7}: n={s['n']} median {s['median_ml']} ml, p10-p90 {s['p10_ml']}-{s['p90_ml']} ml, healthy {s['healthy']}"
+            f"{name:>7}: n={s['n']} median {s['median_ml']} ml, "
+            f"p10-p90 {s['p10_ml']}-{s['p90_ml']} ml, healthy {s['healthy']}"
         )
     print(f"edit time per label case: {vols['seconds_per_edited_case']:.3f} s")
     plot(vols, out / "volumes.png")
-    from fedsynth.common.io.atomic import atomic_write_json
-
-    atomic_write_json(out / "results.json", results)
-    print(f"wrote {out / 'results.json'} and {out / 'volumes.png'}")
-    return 0
+    return {**vols, "summary": summary}
 
 
 if __name__ == "__main__":

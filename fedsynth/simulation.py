@@ -76,14 +76,21 @@ def flower_environment(run_dir: Path) -> Iterator[Path]:
 
 
 def backend_config(cfg: Config, ray_tmp: Path) -> dict:
+    """Flower's Ray backend settings; ``init_args`` go to ``ray.init``.
+
+    With ``federation.ray_address`` the sites run on that Ray cluster's nodes (each node
+    needs fedsynth installed and, for simulated sites, the cohort cache at the same path);
+    a temp dir is only for a private instance.
+    """
     fed = cfg.federation
+    init_args: dict = {"include_dashboard": False}
+    if fed.ray_address:
+        init_args["address"] = fed.ray_address
+    else:  # with flower_environment: every port on loopback
+        init_args.update(_temp_dir=str(ray_tmp), _node_ip_address=LOOPBACK)
     return {
         "client_resources": {"num_cpus": fed.client_cpus, "num_gpus": fed.client_gpus},
-        "init_args": {
-            "_temp_dir": str(ray_tmp),
-            "include_dashboard": False,
-            "_node_ip_address": LOOPBACK,  # with flower_environment: every port on loopback
-        },
+        "init_args": init_args,
     }
 
 

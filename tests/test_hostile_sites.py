@@ -157,6 +157,7 @@ def test_round_row_records_why_a_round_failed(tmp_path):
     recorder = RoundRecorder(tmp_path, cfg, ServerState(rounds=2))
     recorder.strategy = strategy
     recorder(1, _arrays(_weights(0.5)))  # Flower hands over the unchanged global generator
+    recorder.wait()  # the round is recorded by a background writer
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     summary = next(r for r in rows if r["kind"] == "round")
     assert summary["aggregated"] == 0 and "non-finite" in summary["reason"]

@@ -191,6 +191,9 @@ class FederationConfig:
     # Deployment allow-list: site name -> the Flower node id its authentication key was
     # registered as (flwr supernode register). Empty: the first node to claim a name owns it.
     site_nodes: dict[str, int] = field(default_factory=dict)
+    # Simulation only: address of a running Ray cluster ("<head ip>:6379") whose nodes run
+    # the simulated sites; null starts a private Ray instance on this machine.
+    ray_address: str | None = None
 
 
 @dataclass

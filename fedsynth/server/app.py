@@ -34,6 +34,7 @@ from fedsynth.common.models.registry import build_generator
 from fedsynth.common.rundir import RunDir
 from fedsynth.server import checkpointing
 from fedsynth.server.evaluation import HeldOutEvaluator
+from fedsynth.server.polling import ProportionalPollGrid
 from fedsynth.server.rounds import RoundRecorder
 from fedsynth.server.strategy import build_strategy, check_aggregation
 
@@ -127,14 +128,17 @@ def run_server(grid: Grid, settings: ServerSettings) -> checkpointing.ServerStat
         declared=state.declared,
     )  # fmt: skip
     recorder.strategy = strategy
-    strategy.start(
-        grid,
-        to_array_record(weights),
-        num_rounds=remaining,
-        timeout=cfg.federation.round_timeout_s,
-        train_config=train_config(cfg, run_dir),
-        evaluate_fn=recorder,
-    )
+    try:
+        strategy.start(
+            ProportionalPollGrid(grid),
+            to_array_record(weights),
+            num_rounds=remaining,
+            timeout=cfg.federation.round_timeout_s,
+            train_config=train_config(cfg, run_dir),
+            evaluate_fn=recorder,
+        )
+    finally:
+        recorder.wait()  # rounds completed before an error are still committed
     recorder.finish()
     recorder.close()  # the TensorBoard writer flushes every round; a crash loses nothing
     return state

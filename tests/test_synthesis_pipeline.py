@@ -1,0 +1,56 @@
+"""Synthesis stages overlapped in threads (fedsynth/synthesis/pipeline.py): same order, same
+items, errors surface in the caller; and the CPU batch cap of generate.py."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from fedsynth.synthesis.generate import slices_per_batch
+from fedsynth.synthesis.pipeline import BackgroundWriter, prefetch
+
+
+def test_prefetch_yields_every_item_in_order_from_another_thread():
+    threads = set()
+
+    def produce():
+        for i in range(7):
+            threads.add(threading.get_ident())
+            yield i
+
+    assert list(prefetch(produce(), depth=2)) == list(range(7))
+    assert threads and threading.get_ident() not in threads
+
+
+def test_prefetch_raises_the_producers_error_at_its_item():
+    def produce():
+        yield 1
+        raise ValueError("bad label map")
+
+    got = []
+    with pytest.raises(ValueError, match="bad label map"):
+        for item in prefetch(produce()):
+            got.append(item)
+    assert got == [1]
+
+
+def test_writer_runs_jobs_in_order_and_raises_their_error():
+    done = []
+    with BackgroundWriter(max_pending=1) as writer:
+        for i in range(5):
+            writer.submit(done.append, i)
+    assert done == list(range(5))
+
+    def fail() -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"), BackgroundWriter() as writer:
+        writer.submit(fail)
+
+
+def test_cpu_batches_are_capped_by_pixels_not_on_cuda():
+    assert slices_per_batch(16, 64, "cpu") == 16
+    assert slices_per_batch(16, 128, "cpu") == 4
+    assert slices_per_batch(16, 256, "cpu") == 1
+    assert slices_per_batch(16, 128, "cuda:0") == 16
