@@ -20,7 +20,8 @@ from flwr.app import Array, ArrayRecord, Message, Metadata, MetricRecord, Record
 
 from fedsynth.common.config import load_config
 from fedsynth.common.errors import ConfigError
-from fedsynth.server.strategy import OK, REFUSED, REQUIRED_METRICS, build_strategy
+from fedsynth.common.wire import REPLY_METRICS
+from fedsynth.server.strategy import OK, REFUSED, build_strategy
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 F32_MAX = float(np.finfo(np.float32).max)
@@ -38,7 +39,8 @@ def _arrays(weights: dict[str, np.ndarray]) -> ArrayRecord:
 
 
 def _reply(node: int, value: float, patients: float, site: int | None = None) -> Message:
-    metrics: dict[str, float | int] = dict.fromkeys(REQUIRED_METRICS, 0.0)
+    # Exactly the wire format's keys and types (fedsynth.common.wire.REPLY_METRICS).
+    metrics = {k: ([] if m.kind is list else m.kind(0)) for k, m in REPLY_METRICS.items()}
     metrics.update({"num-examples": patients, "site-index": node if site is None else site})
     meta = Metadata(
         run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0,
@@ -108,7 +110,10 @@ def test_non_finite_or_non_positive_example_counts_are_refused(count):
     strategy = _strategy("fedavg")
     arrays, _ = strategy.aggregate_train(1, [_reply(0, 0.1, 10), _reply(1, 0.15, count)])
     np.testing.assert_allclose(arrays["conv.weight"].numpy(), 0.1)  # site-1 left out
-    status, reason = _status(strategy)["site-1"]
+    # A non-integer count already fails the wire format's type check (then the reply is
+    # labelled by its node id, its claimed name unread).
+    statuses = _status(strategy)
+    status, reason = statuses.get("site-1") or statuses["node-1"]
     assert status == REFUSED and "num-examples" in reason
 
 
