@@ -184,6 +184,8 @@ class CentralRun:
             accountant=p.accountant,
             delta=p.delta,
             dp_enabled=p.enabled,
+            reproducible_noise=p.insecure_reproducible_noise,
+            target_epsilon=p.target_epsilon,
             sites={SITE: self.trainer.privacy()},
         )
 

@@ -104,17 +104,21 @@ def test_node_config_string_is_what_flower_parses():
     }
     with pytest.raises(ConfigError, match="node-config"):
         node_config_string(Path("/a'b\"c"), Path("/s"), "x")
-    ceiling = node_config_string(Path("/d"), Path("/s"), "site-1", max_epsilon=8.0)
+    ceiling = node_config_string(Path("/d"), Path("/s"), "site-1", max_epsilon=8.0, max_delta=1e-5)
     assert parse_config_args([ceiling])["max-epsilon"] == 8.0
+    assert parse_config_args([ceiling])["max-delta"] == 1e-5
 
 
 def test_site_check_compares_the_config_with_the_site_ceiling(tmp_path):
     from fedsynth.deploy.site_check import check_privacy_ceiling
 
     cfg = load_config(SMOKE, ["privacy.target_epsilon=10"])
-    assert "within this site's max-epsilon=10" in check_privacy_ceiling(cfg, "s", tmp_path, 10.0)
+    ok = check_privacy_ceiling(cfg, "s", tmp_path, 10.0, 1e-4)
+    assert "within this site's max-epsilon=10" in ok
     with pytest.raises(ConfigError, match="privacy.target_epsilon"):
-        check_privacy_ceiling(cfg, "s", tmp_path, 5.0)
+        check_privacy_ceiling(cfg, "s", tmp_path, 5.0, 1e-4)
+    with pytest.raises(ConfigError, match="max-delta"):  # the ClientApp needs both ceilings
+        check_privacy_ceiling(cfg, "s", tmp_path, 10.0, None)
 
 
 # --------------------------------------------------------------------------- phantom sites
@@ -149,6 +153,8 @@ def test_site_check_passes_then_reports_spent_budget_and_bad_data(tmp_path, phan
         site_name="site-0",
         root_certificates=made.ca_cert,
         auth_key=made.sites[0].private_key,
+        max_epsilon=10.0,
+        max_delta=1e-4,
     )
     assert report.ok, report.checks
     details = {c.name: c.detail for c in report.checks}
@@ -308,7 +314,7 @@ def deployment(tmp_path, phantom_sites) -> Iterator[dict]:
 
 def start_supernode(d: dict, name: str, key: Path | None, data: Path, *extra: str):
     home = d["tmp"] / "sites" / name
-    node_config = node_config_string(data, home / "state", name)
+    node_config = node_config_string(data, home / "state", name, max_epsilon=10, max_delta=1e-4)
     cmd = [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{d['port']}",
            "--port", str(free_port()), "--node-config", node_config, *extra]  # fmt: skip
     if key is not None:

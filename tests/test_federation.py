@@ -20,6 +20,7 @@ from flwr.app import Array, ArrayRecord, Error, Message, Metadata, MetricRecord,
 from fedsynth.common.config import load_config
 from fedsynth.common.errors import CheckpointError, ConfigError
 from fedsynth.common.rundir import SERVER_STATE_FILE
+from fedsynth.common.wire import REPLY_METRICS
 from fedsynth.server import checkpointing
 from fedsynth.server.app import initial_generator
 from fedsynth.server.strategy import (
@@ -27,7 +28,6 @@ from fedsynth.server.strategy import (
     FAILED,
     OK,
     REFUSED,
-    REQUIRED_METRICS,
     TIMED_OUT,
     array_spec,
     build_strategy,
@@ -53,11 +53,11 @@ def _arrays(weights: dict[str, np.ndarray]) -> ArrayRecord:
 
 
 def _metrics(site: int, patients: int, declined: int = 0, epsilon: float = 1.0) -> MetricRecord:
-    values: dict[str, float | int] = dict.fromkeys(REQUIRED_METRICS, 0.0)
+    # Exactly the wire format's keys and types (fedsynth.common.wire.REPLY_METRICS).
+    values = {k: ([] if m.kind is list else m.kind(0)) for k, m in REPLY_METRICS.items()}
     values.update(
         {"num-examples": patients, "site-index": site, "declined": declined, "epsilon": epsilon}
     )
-    values["loss-d"] = 0.5 + site
     return MetricRecord(values)
 
 
@@ -117,7 +117,7 @@ def test_fedavg_is_weighted_by_patients():
     np.testing.assert_allclose(arrays["conv.weight"].numpy(), (1.0 * 10 + 4.0 * 30) / 40)
     assert arrays["conv.bias"].numpy().dtype == np.float32
     assert metrics["sites-ok"] == 2
-    assert metrics["loss-d"] == pytest.approx((0.5 * 10 + 1.5 * 30) / 40)
+    assert not any(k.startswith("loss") for k in metrics)  # losses stay at the sites
 
 
 def test_fedmedian_ignores_an_outlier():
@@ -172,6 +172,22 @@ def test_too_few_accepted_sites_keep_the_generator():
     arrays, metrics = strategy.aggregate_train(1, [_site_reply(0, _weights(2.0), 10)])
     assert arrays is None and metrics["aggregated"] == 0
     assert not strategy.last_round.aggregated
+
+
+def test_reply_check_follows_the_wire_format_not_the_first_site():
+    # A first reply carrying an unaccounted extra value is refused even though no other
+    # site answered before it; a conforming second reply is accepted.
+    strategy = _strategy("fedavg", min_sites=1)
+    leaky = _metrics(0, 5)
+    leaky["loss-d"] = 0.25
+    replies = [
+        _reply(0, RecordDict({"arrays": _arrays(_weights(1.0)), "metrics": leaky})),
+        _site_reply(1, _weights(3.0), 5),
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    status = {s.site: (s.status, s.reason) for s in strategy.last_round.sites}
+    assert status["node-0"][0] == REFUSED and "loss-d" in status["node-0"][1]
+    np.testing.assert_allclose(arrays["conv.weight"].numpy(), 3.0)
 
 
 def test_extra_record_in_a_reply_is_refused():
@@ -305,8 +321,11 @@ def test_simulation_three_sites_one_broken(tmp_path, shared_cache):
     assert any(not np.allclose(final[k], start[k]) for k in start)
 
     # What crossed the network: exactly the generator's arrays and one MetricRecord.
+    # The exact set of metric keys (each DP-accounted or independent of patient data): no
+    # loss, no count of patients sampled, no wall time.
     for reply in _read_jsonl(run_dir / "replies.jsonl"):
         assert reply["records"] == {"arrays": "ArrayRecord", "metrics": "MetricRecord"}
+        assert set(reply["metrics"]) == set(REPLY_METRICS)
         assert set(reply["arrays"]["arrays"]) == set(start)
         assert not any(
             "discriminator" in k or k.startswith("opt") for k in reply["arrays"]["arrays"]

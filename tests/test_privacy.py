@@ -16,11 +16,12 @@ from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from fedsynth.common.data.datasets import PatientSampler
 from fedsynth.common.errors import ConfigError, PrivacyBudgetError
 from fedsynth.common.gan.losses import Pix2PixLoss
-from fedsynth.common.gan.step import GanParts, train_step
+from fedsynth.common.gan.step import GanParts, frozen_discriminator, train_step
 from fedsynth.common.gan.trainer import LocalTrainer
 from fedsynth.common.models.registry import build_discriminator, build_generator
 from fedsynth.common.privacy.accountant import PrivacyAccountant
 from fedsynth.common.privacy.dp import (
+    DEFAULT_GRAD_SAMPLE_MODE,
     PatientDP,
     accounted_noise_multiplier,
     calibrate_noise_multiplier,
@@ -90,26 +91,60 @@ def test_g_step_per_patient_gradients_match_single_patient_backward():
             torch.testing.assert_close(got[i], want, rtol=1e-4, atol=1e-5)
 
 
-def test_default_mode_per_sample_gradients_are_exact_on_the_default_generator():
-    # The full-size U-Net (4 levels, 32..256 channels) at 64 px: Opacus's "hooks" mode got
-    # some Conv2d per-sample gradients wrong here, which the tiny test nets do not reveal.
+def _channels_last_condition(b: int, size: int) -> torch.Tensor:
+    # one_hot(...).permute gives a channels-last tensor: Opacus's hooks-mode conv formula
+    # assumed NCHW and got per-sample gradients ~100 % wrong until PatientDP made it contiguous.
+    classes = torch.randint(0, 7, (b, size, size), generator=torch.Generator().manual_seed(0))
+    cond = torch.nn.functional.one_hot(classes, 7).permute(0, 3, 1, 2).float()
+    assert not cond.is_contiguous()
+    return cond
+
+
+def _check_per_sample(net, inputs, mode: str) -> None:
+    """Per-sample gradients of ``mode`` equal single-sample backward passes."""
+    reference = []
+    for i in range(inputs[0].shape[0]):
+        net.zero_grad()
+        net(*(x[i : i + 1].contiguous() for x in inputs)).square().sum().backward()
+        reference.append([p.grad.clone() for p in net.parameters()])
+    dp = PatientDP(net, noise_multiplier=0.0, max_grad_norm=1.0, expected_batch_size=2,
+                   generator=torch.Generator(), grad_sample_mode=mode)  # fmt: skip
+    dp.module(*inputs).square().sum().backward()
+    for i, ref in enumerate(reference):
+        for got, want in zip(_per_sample(net.parameters()), ref, strict=True):
+            torch.testing.assert_close(got[i], want, rtol=1e-3, atol=1e-5 * want.abs().max())
+
+
+@pytest.mark.parametrize("mode", [DEFAULT_GRAD_SAMPLE_MODE, "functorch"])
+def test_per_sample_gradients_are_exact_on_the_default_networks(mode):
+    # The full-size default U-Net (4 levels, 32..256 channels) and PatchGAN at 64 px, fed a
+    # channels-last condition as the data pipeline makes it.
     from fedsynth.common.config import ModelConfig
 
     torch.manual_seed(0)
-    g = build_generator(ModelConfig())
-    classes = torch.randint(0, 7, (2, 64, 64), generator=torch.Generator().manual_seed(0))
-    cond = torch.nn.functional.one_hot(classes, 7).permute(0, 3, 1, 2).float()
-    reference = []
-    for i in range(2):
-        g.zero_grad()
-        g(cond[i : i + 1]).square().sum().backward()
-        reference.append([p.grad.clone() for p in g.parameters()])
-    dp = PatientDP(g, noise_multiplier=0.0, max_grad_norm=1.0, expected_batch_size=2,
-                   generator=torch.Generator())  # fmt: skip
-    dp.module(cond).square().sum().backward()
-    for i, ref in enumerate(reference):
-        for got, want in zip(_per_sample(g.parameters()), ref, strict=True):
-            torch.testing.assert_close(got[i], want, rtol=1e-3, atol=1e-5 * want.abs().max())
+    g, d = build_generator(ModelConfig()), build_discriminator(ModelConfig())
+    cond = _channels_last_condition(2, 64)
+    _check_per_sample(g, (cond,), mode)
+    image = torch.rand(2, 64, 64, 4).permute(0, 3, 1, 2)  # channels-last too
+    _check_per_sample(d, (cond, image), mode)
+
+
+def test_only_trainable_parameters_get_per_sample_gradients_noise_and_updates():
+    cond, real = _batch()
+    g, _ = _nets()
+    frozen = [p for name, p in g.named_parameters() if "bias" not in name]
+    for p in frozen:
+        p.requires_grad_(False)
+    before = [p.detach().clone() for p in frozen]
+    dp = PatientDP(g, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=3,
+                   generator=torch.Generator().manual_seed(0))  # fmt: skip
+    (dp.module(cond) - real).abs().sum().backward()
+    assert all(getattr(p, "grad_sample", None) is None for p in frozen)
+    dp.privatise(3)
+    assert all(p.grad is None for p in frozen)
+    assert all(p.grad is not None for p in dp.params()) and dp.params()
+    torch.optim.SGD(g.parameters(), lr=1.0).step()
+    assert all(torch.equal(p, b) for p, b in zip(frozen, before, strict=True))
 
 
 def test_clipping_bounds_each_patients_contribution():
@@ -178,6 +213,15 @@ def test_empty_poisson_batch_still_gives_a_noise_only_update():
     assert losses.batch == 0 and math.isnan(losses.d)
     assert not torch.equal(g0, _flat(parts.generator))
     assert not torch.equal(d0, _flat(parts.discriminator))
+
+
+def test_frozen_discriminator_restores_each_parameters_own_flag():
+    parts = _parts(dp=False)
+    params = list(parts.discriminator.parameters())
+    params[0].requires_grad_(False)  # frozen on purpose (e.g. a fine-tuned subset)
+    with frozen_discriminator(parts):
+        assert not any(p.requires_grad for p in params)
+    assert [p.requires_grad for p in params] == [False] + [True] * (len(params) - 1)
 
 
 def test_joint_mechanism_is_accounted_once_with_sigma_over_root_two():
@@ -272,11 +316,22 @@ def test_report_worst_epsilon_over_sites():
     assert "3.5" in report["statement"]
 
 
-def test_same_seed_same_noise_different_seed_different():
-    a, b, c = (_trained(2, f"seed={s}") for s in (0, 0, 1))
-    wa, wb, wc = (t.get_generator_weights() for t in (a, b, c))
-    assert all(np.array_equal(wa[k], wb[k]) for k in wa)
-    assert any(not np.array_equal(wa[k], wc[k]) for k in wa)
+def test_dp_runs_of_one_config_release_different_generators():
+    # The noise comes from a secret drawn per trainer, not from the (public) config seed.
+    a, b = _trained(2), _trained(2)
+    wa, wb = a.get_generator_weights(), b.get_generator_weights()
+    assert any(not np.array_equal(wa[k], wb[k]) for k in wa)
+    assert a.randomness.secret != b.randomness.secret and not a.randomness.reproducible
+    assert "secret" not in repr(a.randomness).replace("secret=<hidden>", "")
+
+
+def test_public_seed_noise_only_without_dp_or_when_labelled_insecure():
+    for over in ("privacy.enabled=false", "privacy.insecure_reproducible_noise=true"):
+        a, b, c = (_trained(2, over, f"seed={s}") for s in (0, 0, 1))
+        wa, wb, wc = (t.get_generator_weights() for t in (a, b, c))
+        assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+        assert any(not np.array_equal(wa[k], wc[k]) for k in wa)
+        assert a.randomness.reproducible
 
 
 def test_state_dict_is_a_snapshot_not_a_view_of_live_tensors():
@@ -287,3 +342,67 @@ def test_state_dict_is_a_snapshot_not_a_view_of_live_tensors():
     trainer.train_steps(1)
     assert state.meta["steps_done"] == 1
     assert all(torch.equal(before[k], state.tensors[k]) for k in before)
+
+
+def test_accountants_come_from_a_registry_and_prv_calibrates_less_noise():
+    from fedsynth.common.privacy.registry import ACCOUNTANTS, build_accountant
+
+    assert set(ACCOUNTANTS) == {"rdp", "prv"}
+    with pytest.raises(ConfigError, match="privacy.accountant.*rdp, prv"):
+        build_accountant("gdp")
+    with pytest.raises(ConfigError, match="privacy.accountant"):
+        tiny_config("privacy.accountant=gdp")
+    kw = dict(target_epsilon=5.0, delta=1e-5, sample_rate=0.2, planned_steps=100)
+    rdp = calibrate_noise_multiplier(**kw, accountant="rdp")
+    prv = calibrate_noise_multiplier(**kw, accountant="prv")
+    assert prv < rdp  # the tighter accountant reaches the target with less noise
+    acc = PrivacyAccountant(kind="prv", delta=1e-5, target_epsilon=5.0)
+    acc.step(noise_multiplier=accounted_noise_multiplier(prv), sample_rate=0.2, steps=100)
+    assert 4.5 < acc.epsilon() <= 5.0 * 1.0001
+
+
+def test_privacy_json_reports_the_target_and_epsilon_under_both_accountants():
+    trainer = _trained(4)
+    report = privacy_report(accountant="rdp", delta=trainer.cfg.privacy.delta, dp_enabled=True,
+                            sites={"central": trainer.privacy()}, target_epsilon=50.0)  # fmt: skip
+    site = report["sites"]["central"]
+    by = site["epsilon_by_accountant"]
+    assert report["target_epsilon"] == 50.0 and report["accountant"] == "rdp"
+    assert by["rdp"] == pytest.approx(site["epsilon"]) and 0 < by["prv"] < by["rdp"]
+    assert report["worst_epsilon_by_accountant"] == by
+    json.dumps(report, allow_nan=False)
+
+
+def test_reproducible_noise_and_cohort_label_maps_are_stated_in_words(tmp_path):
+    from fedsynth.common.privacy.report import REPRODUCIBLE_NOISE
+    from fedsynth.report.sections import privacy_section as report_privacy
+    from fedsynth.synthesis.datasheet import _from_report as datasheet_privacy
+
+    trainer = _trained(2, "privacy.insecure_reproducible_noise=true")
+    report = privacy_report(accountant="rdp", delta=1e-5, dp_enabled=True, reproducible_noise=True,
+                            sites={"central": trainer.privacy()})  # fmt: skip
+    assert report["reproducible_noise"] and REPRODUCIBLE_NOISE in report["statement"]
+    (tmp_path / "privacy.json").write_text(json.dumps(report))
+    assert "does not hold" in datasheet_privacy(report)["statement"]
+    (tmp_path / "config.yaml").write_text("synthesis:\n  label_source: cohort\n")
+    body = report_privacy(tmp_path).body
+    assert "does not hold" in body and "REAL patients' label maps" in body
+    (tmp_path / "config.yaml").write_text("synthesis:\n  label_source: atlas\n")
+    assert "REAL patients" not in report_privacy(tmp_path).body
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv_transpose_per_sample_gradient_formula_matches_single_sample_backward(groups):
+    # fedsynth's hooks formula for ConvTranspose2d (Opacus has none), on odd sizes, grouped,
+    # with output_padding and an even kernel.
+    from opacus import GradSampleModule
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 8, 3, padding=1),
+        torch.nn.ConvTranspose2d(8, 6, 3, stride=2, padding=1, output_padding=1, groups=groups),
+        torch.nn.LeakyReLU(0.2),
+        torch.nn.ConvTranspose2d(6, 2, 4, stride=2, padding=1, bias=False),
+    )
+    _check_per_sample(net, (torch.randn(2, 4, 9, 7),), "hooks")
+    assert torch.nn.ConvTranspose2d in GradSampleModule.GRAD_SAMPLERS

@@ -42,6 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         help="this site's own privacy ceiling (node config max-epsilon): check the config against it",
     )
+    p.add_argument(
+        "--max-delta",
+        type=float,
+        help="this site's own delta ceiling (node config max-delta); both are required to train",
+    )
     p.set_defaults(func=run)
 
 
@@ -62,6 +67,7 @@ def run(args: argparse.Namespace) -> Summary:
         auth_key=args.auth_key,
         superlink=args.superlink,
         max_epsilon=args.max_epsilon,
+        max_delta=args.max_delta,
     )
     return Summary(
         "site-check",

@@ -1,16 +1,20 @@
 """The ClientApp: one hospital site training the pix2pix GAN for one round.
 
-Per train message (global generator + ConfigRecord with the resolved config as YAML, the
-server round, the run directory and the planned rounds) the site:
+Per train request (``fedsynth.common.wire``: global generator, the run's config as plain
+YAML, the server round, the run directory and the planned rounds) the site:
 
-1. resends its stored reply if it already answered this very request (same round, same
+1. checks the request against its own policy (node config: privacy ceiling, DP required,
+   budget fixed at its first round; ``fedsynth.client.site``) and its state dir
+   (``fedsynth.client.state``: refuses to train from scratch after a lost state);
+2. resends its stored reply if it already answered this very request (same round, same
    global weights: a resumed server asking again), so a server restart costs no privacy;
-2. otherwise restores its trainer (discriminator, Adam states, privacy accountant, RNG
-   states) from its state dir, declines if ``local_steps`` more steps would exceed its
-   privacy budget, trains ``federation.local_steps`` steps from the global generator with
-   the same ``LocalTrainer`` as central training, and saves its state;
-3. replies with exactly one ArrayRecord (the generator's weights, nothing else) and one
-   MetricRecord (see ``fedsynth.server.strategy.REQUIRED_METRICS``).
+3. otherwise restores its trainer (discriminator, Adam states, privacy accountant, RNG
+   states and the secret its DP noise comes from), declines if ``local_steps`` more steps
+   would exceed its privacy budget, trains ``federation.local_steps`` steps from the global
+   generator with the same ``LocalTrainer`` as central training, and saves its state;
+4. replies with the noised generator and the data-independent counters of
+   ``wire.REPLY_METRICS``. Losses, the number of patients sampled and the wall time are
+   data-dependent and unaccounted: they go to the site's own ``log.jsonl`` in its state dir.
 
 Any error becomes ``SiteError("[site <name>] ...")``, which Flower turns into an error reply the
 server logs; the federation carries on with the other sites.
@@ -18,76 +22,43 @@ server logs; the federation carries on with the other sites.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+import torch
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedsynth.client import state as site_state
 from fedsynth.client.site import SiteIdentity, check_site_policy, identify_site, load_site_data
-from fedsynth.common.config import Config, config_from_dict, config_to_yaml
-from fedsynth.common.errors import ConfigError, FedsynthError, PrivacyBudgetError
-from fedsynth.common.rundir import SITE_LAST_REPLY as REPLY_FILE
-from fedsynth.common.rundir import SITE_TRAINER_STATE as STATE_FILE
-
-if TYPE_CHECKING:
-    from fedsynth.common.gan.trainer import LocalTrainer, StepReport
+from fedsynth.common import wire
+from fedsynth.common.config import Config, config_to_yaml
+from fedsynth.common.errors import FedsynthError, PrivacyBudgetError
+from fedsynth.common.gan.trainer import LocalTrainer, StepReport
+from fedsynth.common.io.atomic import append_jsonl
+from fedsynth.common.io.checkpoints import load_checkpoint, save_checkpoint
+from fedsynth.common.wire import TrainRequest, reply_content, weights_digest
 
 log = logging.getLogger(__name__)
+
+STATE_FILE = site_state.STATE_FILE
+REPLY_FILE = site_state.REPLY_FILE
+LOG_FILE = site_state.LOG_FILE
+__all__ = ["TrainRequest", "app", "train_round", "weights_digest"]
 
 
 class SiteError(FedsynthError):
     """A site could not train this round; the message names the site and the cause."""
 
 
-@dataclass(frozen=True)
-class TrainRequest:
-    """One train message, parsed. ``weights``: generator state, name -> float32 array."""
-
-    cfg: Config
-    server_round: int
-    rounds: int
-    run_dir: str
-    weights: dict[str, np.ndarray]
-    digest: str  # sha256 of the global weights: identifies a repeated request
-
-    @classmethod
-    def from_message(cls, msg: Message) -> TrainRequest:
-        from omegaconf import OmegaConf
-
-        content = msg.content
-        config: ConfigRecord = next(iter(content.config_records.values()), ConfigRecord())
-        if "config-yaml" not in config or len(content.array_records) != 1:
-            raise ConfigError("config-yaml", "the train message lacks the config or the generator")
-        cfg = config_from_dict(OmegaConf.to_container(OmegaConf.create(str(config["config-yaml"]))))  # type: ignore[arg-type]
-        arrays = next(iter(content.array_records.values()))
-        weights = {k: a.numpy() for k, a in arrays.items()}
-        return cls(
-            cfg=cfg,
-            server_round=int(config["server-round"]),
-            rounds=int(config.get("rounds", cfg.federation.rounds)),
-            run_dir=str(config.get("run-dir", "")),
-            weights=weights,
-            digest=weights_digest(weights),
-        )
-
-
-def weights_digest(weights: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(weights):
-        h.update(k.encode())
-        h.update(np.ascontiguousarray(weights[k]).tobytes())
-    return h.hexdigest()
-
-
-def site_seed(cfg: Config, site: SiteIdentity) -> int:
-    """Each site its own sampling and noise seed, fixed by the config seed and the site name."""
+def public_site_seed(cfg: Config, site: SiteIdentity) -> int:
+    """A site's PUBLIC seed, from the config seed and the site name: used only without DP or
+    with ``privacy.insecure_reproducible_noise`` (anyone who knows the config can replay it).
+    With DP the trainer draws a secret instead (fedsynth.common.privacy.randomness)."""
     return (cfg.seed * 1_000_003 + zlib.crc32(site.name.encode())) % 2**31
 
 
@@ -98,8 +69,6 @@ _SESSION: dict[str, Any] = {}
 
 def open_trainer(site: SiteIdentity, req: TrainRequest) -> LocalTrainer:
     """The site's trainer, restored from its state dir when it has trained before."""
-    from fedsynth.common.gan.trainer import LocalTrainer
-
     state = site.state_dir / STATE_FILE
     key = f"{site.state_dir}|{req.rounds}|{config_to_yaml(req.cfg)}"
     if _SESSION.get("key") == key and _SESSION.get("stamp") == _stamp(state):
@@ -110,7 +79,7 @@ def open_trainer(site: SiteIdentity, req: TrainRequest) -> LocalTrainer:
         cache,
         planned_steps=req.rounds * req.cfg.federation.local_steps,
         site=site.name,
-        seed=site_seed(req.cfg, site),
+        seed=public_site_seed(req.cfg, site),
     )
     if state.is_file():
         trainer.load(state)
@@ -125,6 +94,7 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 def save_trainer(site: SiteIdentity, trainer: LocalTrainer) -> None:
     state = site.state_dir / STATE_FILE
     trainer.save(state)
+    site_state.mark_trained(site)
     if _SESSION.get("trainer") is trainer:
         _SESSION["stamp"] = _stamp(state)
 
@@ -132,10 +102,10 @@ def save_trainer(site: SiteIdentity, trainer: LocalTrainer) -> None:
 def reply_metrics(
     trainer: LocalTrainer, site: SiteIdentity, report: StepReport | None, resent: bool = False
 ) -> dict[str, Any]:
-    """The MetricRecord content of a reply (``report`` None: the site declined)."""
+    """The MetricRecord of a reply (``report`` None: the site declined): exactly
+    ``wire.REPLY_METRICS``, each DP-accounted or independent of patient data."""
     privacy = trainer.privacy()
     history = privacy.history
-    nan = math.nan
     return {
         "num-examples": trainer.patients,
         "site-index": site.index,
@@ -149,30 +119,21 @@ def reply_metrics(
         "step-noise-multiplier": privacy.step_noise_multiplier or 0.0,
         "max-grad-norm": privacy.max_grad_norm or 0.0,
         "sample-rate": privacy.sample_rate,
-        "seconds": report.seconds if report else 0.0,
-        "slices": report.slices if report else 0,
-        "loss-d": report.loss_d if report else nan,
-        "loss-g-adv": report.loss_g_adv if report else nan,
-        "loss-g-l1": report.loss_g_l1 if report else nan,
         "history-noise-multiplier": [float(h["noise_multiplier"]) for h in history],
         "history-sample-rate": [float(h["sample_rate"]) for h in history],
         "history-steps": [int(h["steps"]) for h in history],
     }
 
 
-def reply_content(weights: dict[str, np.ndarray] | None, metrics: dict[str, Any]) -> RecordDict:
-    """Exactly one ArrayRecord (the generator; empty when declined) and one MetricRecord."""
-    arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in (weights or {}).items()})
-    return RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
+def log_locally(site: SiteIdentity, server_round: int, report: StepReport) -> None:
+    """The round's losses, patients sampled and time: data-dependent, unaccounted, so they
+    stay in the site's own log (``<state dir>/log.jsonl``) and never enter a reply."""
+    append_jsonl(site.state_dir / LOG_FILE, {"round": server_round, **report.to_dict()})
 
 
 def store_reply(
     site: SiteIdentity, req: TrainRequest, weights: dict[str, np.ndarray], metrics: dict[str, Any]
 ) -> None:
-    import torch
-
-    from fedsynth.common.io.checkpoints import save_checkpoint
-
     save_checkpoint(
         site.state_dir / REPLY_FILE,
         {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()},
@@ -190,8 +151,6 @@ def store_reply(
 
 def stored_reply(site: SiteIdentity, req: TrainRequest) -> RecordDict | None:
     """The reply already sent for this exact request (round and global weights), if any."""
-    from fedsynth.common.io.checkpoints import load_checkpoint
-
     path = site.state_dir / REPLY_FILE
     if not path.is_file():
         return None
@@ -209,7 +168,7 @@ def stored_reply(site: SiteIdentity, req: TrainRequest) -> RecordDict | None:
 def train_round(site: SiteIdentity, req: TrainRequest) -> RecordDict:
     """One round at ``site`` (see the module docstring)."""
     check_site_policy(req.cfg, site)
-    site.state_dir.mkdir(parents=True, exist_ok=True)
+    site_state.check_state(site, req.server_round, req.cfg)
     again = stored_reply(site, req)
     if again is not None:
         return again
@@ -225,6 +184,7 @@ def train_round(site: SiteIdentity, req: TrainRequest) -> RecordDict:
     )
     report = trainer.train_steps(steps)
     save_trainer(site, trainer)
+    log_locally(site, req.server_round, report)
     weights = trainer.get_generator_weights()
     metrics = reply_metrics(trainer, site, report)
     store_reply(site, req, weights, metrics)
@@ -237,7 +197,7 @@ app = ClientApp()
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Flower entry point: parse, train one round, reply; errors name the site."""
-    req = TrainRequest.from_message(msg)
+    req = wire.parse_request(msg.content)
     site = identify_site(dict(context.node_config), req.run_dir)
     try:
         content = train_round(site, req)

@@ -8,8 +8,11 @@ Deployment (a real SuperNode): ``--node-config 'data-path="/data/brats" state-di
 fedsynth" site-name="site-2" max-epsilon=10 max-delta=1e-5'``: ``data-path`` is a BraTS
 cohort folder holding only this site's patients, ``state-dir`` persists the discriminator,
 optimisers and privacy accountant. ``max-epsilon`` / ``max-delta`` are the site's OWN privacy
-ceiling: the privacy settings arrive from the server with each round, and a site that set a
-ceiling refuses to train for a server that asks for more (or for no DP at all).
+ceiling and REQUIRED: the privacy settings arrive from the server with each round, and the site
+refuses to train for a server that asks for more. It refuses ``privacy.enabled=false`` unless
+its node config says ``allow-no-dp=true``. ``forfeit-lost-state=true``: see
+``fedsynth.client.state``. A simulated site has no node config of its own: the server's config
+is its budget (fixed at its first round, like every site's; the site log says so).
 
 The site's data is validated when its slice cache is built, before its first round
 (``data.strict``: any invalid case is an error that fails the site's rounds; otherwise invalid
@@ -21,14 +24,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fedsynth.common.config import Config
+from fedsynth.common.data import cohort as cohort_mod
+from fedsynth.common.data.brats import discover_cases
+from fedsynth.common.data.cache import SliceCache, build_slices, site_slices
 from fedsynth.common.errors import ConfigError, DataError
 from fedsynth.common.sites import site_index, site_name
-
-if TYPE_CHECKING:
-    from fedsynth.common.data.cache import SliceCache
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,13 @@ class SiteIdentity:
     data_path: Path | None
     max_epsilon: float | None = None  # the site's own privacy ceiling (node config)
     max_delta: float | None = None
+    forfeit_lost_state: bool = False  # node config forfeit-lost-state (fedsynth.client.state)
+    allow_no_dp: bool = False  # node config allow-no-dp: may train without DP if asked
+
+    @property
+    def deployed(self) -> bool:
+        """A real SuperNode with its own data folder (not a simulated partition)."""
+        return self.data_path is not None
 
 
 def identify_site(node_config: dict[str, Any], run_dir: str | Path | None) -> SiteIdentity:
@@ -81,7 +91,19 @@ def _deployed_site(node_config: dict[str, Any]) -> SiteIdentity:
         data_path,
         max_epsilon=_positive(node_config, "max-epsilon"),
         max_delta=_positive(node_config, "max-delta"),
+        forfeit_lost_state=_flag(node_config, "forfeit-lost-state"),
+        allow_no_dp=_flag(node_config, "allow-no-dp"),
     )
+
+
+def _flag(node_config: dict[str, Any], key: str) -> bool:
+    value = node_config.get(key, False)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0"):
+        raise ConfigError(f"node-config {key}", f"must be true or false, got {value!r}")
+    return text in ("true", "1")
 
 
 def _positive(node_config: dict[str, Any], key: str) -> float | None:
@@ -99,21 +121,39 @@ def _positive(node_config: dict[str, Any], key: str) -> float | None:
 
 
 def check_site_policy(cfg: Config, site: SiteIdentity) -> None:
-    """Refuse a server config that would spend more privacy than the site's own ceiling."""
+    """Refuse a server config the site's own node config does not allow: no ceiling set
+    (deployment), more privacy spent than the ceiling, no DP without ``allow-no-dp=true``,
+    or the insecure reproducible noise (deployment)."""
     p = cfg.privacy
-    if site.max_epsilon is not None:
-        if not p.enabled:
+    if site.deployed:
+        missing = [k for k, v in (("max-epsilon", site.max_epsilon), ("max-delta", site.max_delta))
+                   if v is None]  # fmt: skip
+        if missing:
+            raise ConfigError(
+                f"node-config {missing[0]}",
+                f"site {site.name} refuses to train without its own privacy ceiling: add "
+                "max-epsilon=<epsilon> max-delta=<delta> to the SuperNode's --node-config",
+            )
+        if p.insecure_reproducible_noise:
+            raise ConfigError(
+                "privacy.insecure_reproducible_noise",
+                f"site {site.name} refuses: derives the DP noise from the public seed, so the "
+                "server could replay the site's training and remove the noise (simulation only)",
+            )
+    if not p.enabled:
+        if site.deployed and not site.allow_no_dp:
             raise ConfigError(
                 "privacy.enabled",
-                f"site {site.name} requires differential privacy (max-epsilon="
-                f"{site.max_epsilon:g}) but the server's config disables it",
+                f"site {site.name} requires differential privacy but the server's config "
+                "disables it; a site that accepts that sets allow-no-dp=true in its node config",
             )
-        if p.target_epsilon > site.max_epsilon:
-            raise ConfigError(
-                "privacy.target_epsilon",
-                f"the server asks for {p.target_epsilon:g}, above site {site.name}'s "
-                f"max-epsilon={site.max_epsilon:g}",
-            )
+        return
+    if site.max_epsilon is not None and p.target_epsilon > site.max_epsilon:
+        raise ConfigError(
+            "privacy.target_epsilon",
+            f"the server asks for {p.target_epsilon:g}, above site {site.name}'s "
+            f"max-epsilon={site.max_epsilon:g}",
+        )
     if site.max_delta is not None and p.delta > site.max_delta:
         raise ConfigError(
             "privacy.delta",
@@ -127,9 +167,6 @@ def load_site_data(cfg: Config, site: SiteIdentity) -> SliceCache:
     With ``data.strict`` an invalid case is a DataError naming every bad file (the site's
     rounds then fail with that message in the server log); otherwise it is skipped.
     """
-    from fedsynth.common.data.brats import discover_cases
-    from fedsynth.common.data.cache import build_slices, site_slices
-
     if site.data_path is None:
         return site_slices(cfg, simulated_subjects(cfg, site), site.name)
     # Deployment: the folder holds only this site's patients; no split, no manifest written.
@@ -149,8 +186,6 @@ def load_site_data(cfg: Config, site: SiteIdentity) -> SliceCache:
 
 def simulated_subjects(cfg: Config, site: SiteIdentity) -> list[str]:
     """Subject ids of a simulated site: its part of the config's split."""
-    from fedsynth.common.data import cohort as cohort_mod
-
     cohort_dir = cohort_mod.resolve_cohort(cfg)
     split = cohort_mod.load_split(cohort_dir)
     if site.name not in split.sites:

@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fedsynth.common.errors import ConfigError
+from fedsynth.common.privacy.registry import ACCOUNTANTS
 from fedsynth.common.sites import site_index
 
 DEFAULT_CACHE_DIR = "~/.cache/fedsynth"
@@ -153,7 +154,12 @@ class PrivacyConfig:
     target_epsilon: float = 10.0  # per patient, over the whole planned run; calibrates sigma
     delta: float = 1e-5  # must be well below 1 / patients at a site
     max_grad_norm: float = 1.0
-    accountant: str = "rdp"  # "rdp" | "prv"
+    accountant: str = "rdp"  # calibrates the noise: fedsynth.common.privacy.registry names
+    # INSECURE, simulation only: derive the DP noise and patient sampling from the public
+    # seed (reproducible runs). Anyone who knows the config can then replay a site's training
+    # and subtract the noise: the DP guarantee does not hold against them. Refused by a
+    # deployed site; privacy.json, the datasheet and the report say so in words.
+    insecure_reproducible_noise: bool = False
     # Generator parameters trained (and noised, clipped) at the sites: "all" | "norm+bias" |
     # "decoder" | "head" (fedsynth.common.gan.trainable). Few parameters from a public
     # pre-training (model.init) spend a small budget far better than "all" from scratch.
@@ -303,7 +309,7 @@ _CHOICES: dict[str, Sequence[str]] = {
     "train.gan_loss": ("lsgan", "bce"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16"),
-    "privacy.accountant": ("rdp", "prv"),
+    "privacy.accountant": tuple(ACCOUNTANTS),
     "synthesis.label_source": ("atlas", "cohort"),
     "synthesis.device": ("auto", "cpu", "cuda"),
     "federation.update_bound": ("clip", "refuse"),

@@ -50,7 +50,9 @@ its manifest hash, the disjointness check) and ``INIT_FILE`` (the EMA generator 
 discriminator with that provenance: what ``model.init`` names).
 
 A **site state** folder (a SuperNode's ``state-dir``, never leaves the site):
-``SITE_TRAINER_STATE`` (G, D, optimisers, accountant, RNGs) and ``SITE_LAST_REPLY``.
+``SITE_TRAINER_STATE`` (G, D, optimisers, accountant, RNGs, the DP noise secret),
+``SITE_LAST_REPLY``, ``SITE_RECORD`` (first round, fixed budget) and ``SITE_LOG`` (the site's
+own training log); see ``fedsynth.client.state``.
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ PUBLIC_DATA_FILE = "public.json"  # pre-training: provenance of the public data
 
 SITE_TRAINER_STATE = "trainer.safetensors"  # in a site's state dir
 SITE_LAST_REPLY = "last_reply.safetensors"  # the last reply sent, to resend on a repeat
+SITE_RECORD = "site.json"  # first round, whether a state was saved, the budget fixed then
+SITE_LOG = "log.jsonl"  # losses, patients sampled, time per round: never leave the site
 
 
 class RunDir:

@@ -4,6 +4,8 @@
 
 - node config: the values ``flower-supernode --node-config`` will pass, parsed by the same
   ``identify_site`` as the ClientApp;
+- privacy ceiling: ``max-epsilon`` and ``max-delta`` are given (the ClientApp refuses to train
+  without them) and the consortium's config stays within them (and uses DP);
 - state dir: created if missing, writable (a temporary file is written and removed);
 - existing state: ``trainer.safetensors`` summarised (steps taken, epsilon spent at delta,
   target, planned steps) and ``last_reply.safetensors`` (round of the last reply);
@@ -27,10 +29,14 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedsynth.client.site import check_site_policy, identify_site, load_site_data
 from fedsynth.common.config import Config
 from fedsynth.common.errors import ConfigError, FedsynthError
+from fedsynth.common.io.checkpoints import load_checkpoint
+from fedsynth.common.privacy.accountant import PrivacyAccountant
 from fedsynth.common.rundir import SITE_LAST_REPLY as REPLY_FILE
 from fedsynth.common.rundir import SITE_TRAINER_STATE as STATE_FILE
+from fedsynth.deploy.certs import check_auth_key, check_root_certificate
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,11 @@ class SiteReport:
 
 
 def node_config_string(
-    data_path: Path, state_dir: Path, site_name: str, max_epsilon: float | None = None
+    data_path: Path,
+    state_dir: Path,
+    site_name: str,
+    max_epsilon: float | None = None,
+    max_delta: float | None = None,
 ) -> str:
     """The ``--node-config`` value for flower-supernode.
 
@@ -74,18 +84,31 @@ def node_config_string(
         raise ConfigError("node-config", f"{text!r}: a value cannot hold both ' and \" (or \\)")
 
     text = f"data-path={q(data_path)} state-dir={q(state_dir)} site-name={q(site_name)}"
-    return text if max_epsilon is None else f"{text} max-epsilon={max_epsilon:g}"
+    if max_epsilon is not None:
+        text += f" max-epsilon={max_epsilon:g}"
+    if max_delta is not None:
+        text += f" max-delta={max_delta:g}"
+    return text
 
 
-def check_privacy_ceiling(cfg: Config, site_name: str, data_path: Path, max_epsilon: float) -> str:
-    """Would this site, with its own ``max-epsilon``, accept the consortium's privacy settings?"""
-    from fedsynth.client.site import check_site_policy, identify_site
-
-    node = {"data-path": str(data_path), "site-name": site_name, "max-epsilon": max_epsilon}
+def check_privacy_ceiling(
+    cfg: Config,
+    site_name: str,
+    data_path: Path,
+    max_epsilon: float | None,
+    max_delta: float | None,
+) -> str:
+    """Would this site, with its own ``max-epsilon`` / ``max-delta``, accept the consortium's
+    privacy settings? (A deployed ClientApp refuses to train without both.)"""
+    node: dict[str, object] = {"data-path": str(data_path), "site-name": site_name}
+    for key, value in (("max-epsilon", max_epsilon), ("max-delta", max_delta)):
+        if value is not None:
+            node[key] = value
     check_site_policy(cfg, identify_site(node, None))
     return (
         f"the config asks for epsilon {cfg.privacy.target_epsilon:g} per patient at delta "
-        f"{cfg.privacy.delta:g}, within this site's max-epsilon={max_epsilon:g}"
+        f"{cfg.privacy.delta:g}, within this site's max-epsilon={max_epsilon:g}, "
+        f"max-delta={max_delta:g}"
     )
 
 
@@ -103,9 +126,6 @@ def check_state_dir(state_dir: Path) -> str:
 
 def summarise_state(state_dir: Path) -> str:
     """One line on the site's stored trainer state and privacy spend (or that it has none)."""
-    from fedsynth.common.io.checkpoints import load_checkpoint
-    from fedsynth.common.privacy.accountant import PrivacyAccountant
-
     path = state_dir / STATE_FILE
     if not path.is_file():
         return "no trainer state yet: the site starts fresh (no privacy budget spent)"
@@ -132,8 +152,6 @@ def summarise_state(state_dir: Path) -> str:
 
 def check_data(cfg: Config, data_path: Path, state_dir: Path, site_name: str) -> str:
     """Build (or reuse) the slice cache exactly as the ClientApp's first round will."""
-    from fedsynth.client.site import identify_site, load_site_data
-
     if not data_path.is_dir():
         raise ConfigError("data-path", f"{data_path} is not a folder")
     site = identify_site(
@@ -173,17 +191,18 @@ def check_site(
     auth_key: Path | None = None,
     superlink: str | None = None,
     max_epsilon: float | None = None,
+    max_delta: float | None = None,
 ) -> SiteReport:
     """Every check of the module docstring; the report says which failed and why."""
-    from fedsynth.deploy.certs import check_auth_key, check_root_certificate
-
     data_path, state_dir = data_path.expanduser().resolve(), state_dir.expanduser().resolve()
     report = SiteReport()
     report.add(
-        "node config", lambda: node_config_string(data_path, state_dir, site_name, max_epsilon)
+        "node config",
+        lambda: node_config_string(data_path, state_dir, site_name, max_epsilon, max_delta),
     )
-    if max_epsilon is not None:
-        report.add("privacy ceiling", check_privacy_ceiling, cfg, site_name, data_path, max_epsilon)
+    report.add(
+        "privacy ceiling", check_privacy_ceiling, cfg, site_name, data_path, max_epsilon, max_delta
+    )
     report.add("state dir", check_state_dir, state_dir)
     report.add("site state", summarise_state, state_dir)
     report.add("data", check_data, cfg, data_path, state_dir, site_name)

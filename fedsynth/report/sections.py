@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from fedsynth.audit.inputs import is_federated, read_privacy, read_run_config, trained_sites
 from fedsynth.common.config import expand_path
 from fedsynth.common.data.cohort import load_split, resolve_cohort
@@ -139,9 +141,25 @@ def privacy_section(run: Path) -> Section:
         f"{esc(p.get('accountant', 'unknown'))}. {esc(p.get('statement', ''))}</p>"
         "<p>Accounted: every DP-SGD step of the discriminator and the generator (one joint "
         "mechanism per step), per site; noise multiplier as the accountant saw it.</p>"
+        + _cohort_labels_note(run)
         + table(["site", "epsilon", "noise multiplier", "sample rate", "steps", "clip norm"], rows)
     )
     return Section("privacy", "Privacy", body)
+
+
+def _cohort_labels_note(run: Path) -> str:
+    # synthesis.label_source=cohort releases real (edited) label maps outside DP.
+    try:
+        cfg = yaml.safe_load(RunDir(run).config.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return ""
+    if (cfg.get("synthesis") or {}).get("label_source") != "cohort":
+        return ""
+    return (
+        "<p><strong>synthesis.label_source = cohort:</strong> synthetic cohorts of this run are "
+        "drawn from REAL patients' label maps (edited), released with their subject ids "
+        "outside differential privacy; the epsilon above covers the generator only.</p>"
+    )
 
 
 def _metrics(run: Path) -> list[dict[str, Any]]:

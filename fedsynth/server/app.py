@@ -8,8 +8,9 @@ Two ways in, one code path (``run_server``):
 - ``fedsynth simulate``: ``make_server_app(ServerSettings(...))`` with the parsed config,
   because Flower's ``run_simulation`` passes no run config.
 
-The clients get the resolved config as YAML text in every train ConfigRecord (with the
-server round and the run directory), so a site needs nothing but its data and a state dir.
+The clients get the resolved config as plain YAML in every train request (with the server
+round, the run directory and the planned rounds; the format is ``fedsynth.common.wire``'s),
+so a site needs nothing but its data and a state dir.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedsynth.common.config import Config, config_to_yaml, load_config
+from fedsynth.common import wire
+from fedsynth.common.config import Config, load_config
 from fedsynth.common.errors import ConfigError
 from fedsynth.common.gan.init import apply_init, load_init
 from fedsynth.common.io.atomic import mark_output
@@ -84,7 +86,7 @@ def initial_generator(cfg: Config) -> dict[str, np.ndarray]:
 
 
 def to_array_record(weights: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
+    return wire.generator_record(weights)
 
 
 def write_run_config(run_dir: Path, cfg: Config) -> None:
@@ -95,14 +97,8 @@ def write_run_config(run_dir: Path, cfg: Config) -> None:
 
 
 def train_config(cfg: Config, run_dir: Path) -> ConfigRecord:
-    """What every site receives besides the generator: the whole resolved config as YAML."""
-    return ConfigRecord(
-        {
-            "config-yaml": config_to_yaml(cfg),
-            "run-dir": str(run_dir),
-            "rounds": cfg.federation.rounds,
-        }
-    )
+    """What every site receives besides the generator (see fedsynth.common.wire)."""
+    return wire.request_config(cfg, str(run_dir), cfg.federation.rounds)
 
 
 def run_server(grid: Grid, settings: ServerSettings) -> checkpointing.ServerState:

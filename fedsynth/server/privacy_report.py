@@ -62,5 +62,7 @@ def write_federated_privacy(
         accountant=cfg.privacy.accountant,
         delta=cfg.privacy.delta,
         dp_enabled=cfg.privacy.enabled,
+        reproducible_noise=cfg.privacy.insecure_reproducible_noise,
+        target_epsilon=cfg.privacy.target_epsilon,
         sites=entries,
     )

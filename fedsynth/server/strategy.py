@@ -1,8 +1,10 @@
 """Generator-only aggregation with update checks, built on Flower's FedAvg family.
 
-Every site reply is screened before Flower aggregates it: exactly one ArrayRecord and one
-MetricRecord, the MetricRecord carrying the keys of ``REQUIRED_METRICS``, array keys, shapes
-and dtypes identical to the global generator sent this round, and only finite values. A
+Every site reply is screened before Flower aggregates it against the wire format
+(``fedsynth.common.wire``, not against whichever site answered first): exactly its two
+records, the MetricRecord carrying exactly the keys and types of ``wire.REPLY_METRICS``, array
+keys, shapes and dtypes identical to the global generator sent this round, and only finite
+values. A
 reply that fails is refused (logged, recorded, dropped); a site that declined (privacy budget
 spent) or failed (an error reply) or did not answer in time is recorded too. The accepted
 replies then go to Flower's own ``FedAvg`` / ``FedMedian`` / ``FedTrimmedAvg`` aggregation,
@@ -38,6 +40,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, MultiKrum
 
+from fedsynth.common import wire
 from fedsynth.common.config import Config, FederationConfig
 from fedsynth.common.errors import ConfigError
 from fedsynth.common.sites import site_name
@@ -45,23 +48,10 @@ from fedsynth.server import bounds
 
 log = logging.getLogger(__name__)
 
-# Keys every site reply's MetricRecord must carry (see fedsynth.client.app for meanings).
-WEIGHT_KEY = "num-examples"
-REQUIRED_METRICS: tuple[str, ...] = (
-    WEIGHT_KEY,  # patients at the site: the FedAvg weight
-    "site-index",  # >= 0: the site is "site-<index>"; -1: unnamed, the server uses the node id
-    "declined",  # 1: the site refused to train (privacy budget), arrays are empty
-    "steps",  # local steps taken this round
-    "steps-total",  # local steps taken at the site over the whole run
-    "epsilon",  # privacy spent at the site so far (inf without DP)
-    "delta",
-    "noise-multiplier",  # joint D+G mechanism as the accountant saw it (0 without DP)
-    "step-noise-multiplier",  # sigma added in each of the D and G steps (0 without DP)
-    "max-grad-norm",  # per-patient clipping bound C (0 without DP)
-    "sample-rate",  # Poisson rate of patients per step
-    "seconds",  # wall time of the local training
-)
-LOSS_PREFIX = "loss-"  # losses of the round, e.g. "loss-d"
+# The keys of every site reply's MetricRecord: the wire format's (meanings and privacy status
+# in fedsynth.common.wire.REPLY_METRICS).
+WEIGHT_KEY = wire.WEIGHT_KEY
+REQUIRED_METRICS: tuple[str, ...] = tuple(wire.REPLY_METRICS)
 HISTORY_PREFIX = "history-"  # the accountant's mechanism history, as lists (the only lists)
 
 _SITE_IN_ERROR = re.compile(r"\[site ([A-Za-z0-9._-]+)\]")
@@ -267,17 +257,11 @@ class GeneratorUpdates:
         outcomes = [self._screen_one(msg) for msg in replies]
         self._resolve_identities(outcomes)
         accepted: list[Message] = []
-        metric_keys: set[str] | None = None
         for msg, outcome in zip(replies, outcomes, strict=True):
             if outcome.status == OK:
                 self._weigh(msg, outcome)
             if outcome.status == OK:
-                keys = set(outcome.metrics)
-                metric_keys = keys if metric_keys is None else metric_keys
-                if keys != metric_keys:  # Flower's aggregation needs identical metric keys
-                    outcome.status, outcome.reason = REFUSED, "metric keys differ from other sites'"
-                else:
-                    accepted.append(msg)
+                accepted.append(msg)
             if outcome.status in (REFUSED, FAILED):
                 log.error(
                     "%s (node %d) %s: %s",
@@ -353,25 +337,10 @@ class GeneratorUpdates:
             return SiteOutcome(site, node, FAILED, reason)
         audit = reply_audit(msg)
         content = msg.content
-        if len(content.metric_records) != 1 or len(content.array_records) != 1 or len(content) != 2:
-            return SiteOutcome(
-                site,
-                node,
-                REFUSED,
-                f"expected one ArrayRecord and one MetricRecord, got {audit['records']}",
-                reply=audit,
-            )
-        metrics = {k: v for k, v in next(iter(content.metric_records.values())).items()}
-        missing = [k for k in REQUIRED_METRICS if k not in metrics]
-        lists = [
-            k
-            for k, v in metrics.items()
-            if isinstance(v, list) and not k.startswith(HISTORY_PREFIX)
-        ]
-        if missing or lists:
-            return SiteOutcome(
-                site, node, REFUSED, f"MetricRecord lacks {missing} or holds lists", reply=audit
-            )
+        problems = wire.reply_problems(content)
+        if problems:
+            return SiteOutcome(site, node, REFUSED, "; ".join(problems[:3]), reply=audit)
+        metrics = dict(content.metric_records[wire.METRICS])
         site = _site_name(metrics["site-index"], node)
         scalars = {k: float(v) for k, v in metrics.items() if not isinstance(v, list)}
         outcome = SiteOutcome(site, node, OK, metrics=scalars, reply=audit, claimed=True)
@@ -386,7 +355,7 @@ class GeneratorUpdates:
                 f"{WEIGHT_KEY} must be finite and > 0, got {count}",
             )
             return outcome
-        name, arrays = next(iter(content.array_records.items()))
+        name, arrays = wire.ARRAYS, content.array_records[wire.ARRAYS]
         problems = check_update(arrays, self._reference)
         if problems:
             outcome.status, outcome.reason = REFUSED, "; ".join(problems[:3])
@@ -431,8 +400,8 @@ def _site_name(index: float, node_id: int) -> str:
 
 
 def round_metrics(outcome: RoundOutcome) -> MetricRecord:
-    """Aggregated metrics of a round: site counts, worst-case epsilon, weighted mean losses."""
-    ok = [s for s in outcome.sites if s.status == OK]
+    """Aggregated metrics of a round: site counts and the worst-case epsilon. (Losses stay at
+    the sites: they are data-dependent and unaccounted.)"""
     record = MetricRecord(
         {
             f"sites-{status}": outcome.count(status)
@@ -443,9 +412,6 @@ def round_metrics(outcome: RoundOutcome) -> MetricRecord:
     eps = [s.metrics["epsilon"] for s in outcome.sites if "epsilon" in s.metrics]
     if eps:
         record["epsilon-max"] = max(eps)
-    total = sum(s.metrics[WEIGHT_KEY] for s in ok)
-    for key in sorted({k for s in ok for k in s.metrics if k.startswith(LOSS_PREFIX)}):
-        record[key] = sum(s.metrics[key] * s.metrics[WEIGHT_KEY] for s in ok) / total
     return record
 
 

@@ -32,10 +32,16 @@ from fedsynth.common.errors import CheckpointError
 from fedsynth.common.gan.init import public_pretraining
 from fedsynth.common.io.atomic import save_figure
 from fedsynth.common.privacy.binding import PRIVACY_KEY, contradictions, record_digest
+from fedsynth.common.privacy.report import REPRODUCIBLE_NOISE
 from fedsynth.common.rundir import PRIVACY_FILE, RunDir
 
 DATASHEET_VERSION = 1
 NO_DP_WORDS = "no differential privacy: epsilon is infinite; the generator may memorise patients"
+# synthesis.label_source=cohort: the label maps are real patients', outside DP (issue 11).
+COHORT_LABELS_WORDS = (
+    "the label maps are REAL patients' label maps from {cohort} (edited), released with their "
+    "subject ids OUTSIDE differential privacy: the epsilon above covers the generator only"
+)
 UNKNOWN_PRIVACY = (
     "unknown: the checkpoint carries no privacy record (made by an older fedsynth or "
     "elsewhere); treat as no differential privacy"
@@ -101,6 +107,8 @@ def _from_report(report: dict[str, Any]) -> dict[str, Any]:
         )
     else:
         statement = NO_DP_WORDS
+    if dp and report.get("reproducible_noise"):
+        statement = f"{statement}. {REPRODUCIBLE_NOISE}"
     return {
         "dp_enabled": dp,
         "unit": report.get("unit", "patient"),
@@ -185,6 +193,11 @@ def build_datasheet(
         "privacy": privacy_section(gen),
         "label_source": {
             **bank.description,
+            **(
+                {"privacy": COHORT_LABELS_WORDS.format(cohort=bank.description.get("cohort_dir"))}
+                if bank.description.get("source") == "cohort"
+                else {}
+            ),
             "edits": {k: v for k, v in syn.items() if k.startswith(("p_", "scale_", "max_"))},
             "edit_counts": _edit_counts(provenance),
             "healthy_cases": sum(v == 0 for v in volumes),

@@ -3,8 +3,8 @@
 Each train message carries the global weights (one ArrayRecord) and a ConfigRecord with the
 resolved config as YAML (``config-yaml``), the arm's ``seed``, ``local-steps`` and
 ``server-round``. The site is ``site-<partition-id>`` of the config's split (simulation). The
-reply holds the updated weights and a MetricRecord with ``num-examples`` (the site's patients,
-FedAvg's weight) and the mean training loss of the round. Images never leave the site.
+reply holds the updated weights and a MetricRecord with only ``num-examples`` (the site's
+patients, FedAvg's weight). Images never leave the site. Not DP: a non-private baseline.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedsynth.common.config import Config, config_from_dict
+from fedsynth.common import wire
+from fedsynth.common.config import Config
 from fedsynth.common.errors import ConfigError
 
 app = ClientApp()
@@ -30,16 +31,13 @@ class SegTrainRequest:
 
     @classmethod
     def from_config_record(cls, config: ConfigRecord) -> SegTrainRequest:
-        from omegaconf import OmegaConf
-
         missing = [
             k for k in ("config-yaml", "seed", "local-steps", "server-round") if k not in config
         ]
         if missing:
             raise ConfigError(missing[0], "missing from the fedavg train message")
-        raw: Any = OmegaConf.to_container(OmegaConf.create(str(config["config-yaml"])))
         return cls(
-            cfg=config_from_dict(raw),
+            cfg=wire.parse_config_yaml(str(config["config-yaml"])),
             seed=int(config["seed"]),  # type: ignore[arg-type]
             local_steps=int(config["local-steps"]),  # type: ignore[arg-type]
             server_round=int(config["server-round"]),  # type: ignore[arg-type]
@@ -83,11 +81,8 @@ def train(msg: Message, context: Context) -> Message:
     # The validation patients this seed holds out (the same as in the other arms) are scored
     # centrally by the server's evaluate step, never trained on.
     train_part, _ = split_validation([cache], b.val_fraction, req.seed)
-    curve = train_segmenter(
-        model, train_part, [], settings, resolve_device(b.device), progress=False
-    )
-    metrics = MetricRecord(
-        {"num-examples": len(cache.patients), "loss": float(curve.train_loss[-1])}
-    )
+    train_segmenter(model, train_part, [], settings, resolve_device(b.device), progress=False)
+    # The loss is data-dependent: it stays here. The patient count is the public FedAvg weight.
+    metrics = MetricRecord({"num-examples": len(cache.patients)})
     arrays = ArrayRecord(model.state_dict())
     return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)

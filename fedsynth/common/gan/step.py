@@ -70,8 +70,11 @@ def frozen_discriminator(parts: GanParts) -> Iterator[None]:
 
     Opacus's backward hooks fire on every module the gradient passes, frozen or not, and
     would look for activations the frozen forward never stored: switch them off too.
+    Afterwards each parameter gets back its OWN flag: parameters frozen on purpose (a
+    fine-tuned subset) stay frozen.
     """
     params = list(parts.discriminator.parameters())
+    flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(False)
     if parts.dp_d is not None:
@@ -79,8 +82,8 @@ def frozen_discriminator(parts: GanParts) -> Iterator[None]:
     try:
         yield
     finally:
-        for p in params:
-            p.requires_grad_(True)
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
         if parts.dp_d is not None:
             parts.dp_d.module.enable_hooks()
 

@@ -4,8 +4,10 @@ A LocalTrainer owns G, D, their Adam optimisers, the per-patient DP engines, the
 accountant, the patient sampler and the random generators. The federated client sends and
 receives only the generator (``get_generator_weights``/``set_generator_weights``); the rest
 is site-local state (``state_dict``/``load_state_dict``, ``save``/``load``) kept on the
-site's disk. Deterministic for a seed: model init, sampling and DP noise each come from a
-seeded generator that is saved and restored.
+site's disk. With DP, model init, sampling and DP noise come from a secret drawn from the
+OS's cryptographic source (``fedsynth.common.privacy.randomness``), saved and restored with
+that state; nobody who knows the config can replay them. Without DP (or with the labelled
+``privacy.insecure_reproducible_noise``) they come from the public ``seed`` instead.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from fedsynth.common.config import Config
+from fedsynth.common.data.datasets import PatientSampler
 from fedsynth.common.device import (
     Prefetcher,
     loader_depth,
@@ -51,6 +54,7 @@ from fedsynth.common.privacy.dp import (
     check_delta,
     sample_rate_for,
 )
+from fedsynth.common.privacy.randomness import INIT, NOISE, SAMPLING, TrainingRandomness
 from fedsynth.common.privacy.report import SitePrivacy
 
 
@@ -91,8 +95,6 @@ class TrainerState:
 
 
 def _patient_sampler(cache: Any, sample_rate: float, cfg: Config, seed: int) -> Sampler:
-    from fedsynth.common.data.datasets import PatientSampler
-
     return PatientSampler(cache, sample_rate, cfg.train.tumour_slice_prob, seed)
 
 
@@ -111,8 +113,10 @@ class LocalTrainer:
 
     ``cache``: a SliceCache (patients, images (N, 4, S, S)). ``planned_steps``: the DP steps
     the noise is calibrated for (train.steps centrally; rounds x local_steps at a site).
-    ``seed``: defaults to cfg.seed; give each site its own. ``sampler``: defaults to
-    datasets.PatientSampler(cache, q, train.tumour_slice_prob, seed).
+    ``seed``: the PUBLIC seed, used only when the randomness may be reproducible (no DP, or
+    ``privacy.insecure_reproducible_noise``); defaults to cfg.seed. With DP a fresh secret is
+    drawn instead, and ``load`` restores the saved one. ``sampler``: defaults to
+    datasets.PatientSampler(cache, q, train.tumour_slice_prob, <sampling seed>).
     """
 
     def __init__(
@@ -135,13 +139,19 @@ class LocalTrainer:
         self.patients = len(cache.patients)
         self.image_size = int(cache.images.shape[-1])
         self.sample_rate = sample_rate_for(cfg.train.batch_size, self.patients, where)
-        self.sampler = sampler or _patient_sampler(cache, self.sample_rate, cfg, self.seed)
         self.dp_enabled = cfg.privacy.enabled
         self.amp_dtype = resolve_precision(cfg.train.precision, self.device, self.dp_enabled)
+        self.randomness = (
+            TrainingRandomness.draw()
+            if self.dp_enabled and not cfg.privacy.insecure_reproducible_noise
+            else TrainingRandomness.reproducible_from(self.seed)
+        )
+        r = self.randomness
+        self.sampler = sampler or _patient_sampler(cache, self.sample_rate, cfg, r.seed(SAMPLING))
         self.planned_steps = planned_steps
         self.steps_done = 0
-        self.rng = np.random.default_rng(self.seed)
-        self.noise_generator = torch.Generator(device=self.device).manual_seed(self.seed + 1)
+        self.rng = np.random.default_rng(r.seed(SAMPLING, bits=128))
+        self.noise_generator = torch.Generator(device=self.device).manual_seed(r.seed(NOISE))
         self.generator, self.discriminator = self._build_networks()
         # Freeze what privacy.trainable leaves out BEFORE the DP engines wrap G.
         self.trainable = select_trainable(self.generator, cfg.privacy.trainable)
@@ -155,9 +165,10 @@ class LocalTrainer:
 
     # -- construction -------------------------------------------------------------------
     def _build_networks(self) -> tuple[torch.nn.Module, torch.nn.Module]:
-        # Initialise from the seed without touching the caller's global torch RNG.
+        # Initialise from the (secret) init seed without touching the caller's global torch
+        # RNG. D's initial weights never leave the trainer; knowing them would help a replay.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+            torch.manual_seed(self.randomness.seed(INIT))
             g = build_generator(self.cfg.model).to(self.device)
             d = build_discriminator(self.cfg.model).to(self.device)
         if self.cfg.model.init:  # pre-trained on public data (fedsynth pretrain)
@@ -332,6 +343,10 @@ class LocalTrainer:
             tensors.update(ckpt.prefixed(name, t))
             opt_meta[name] = meta
         tensors["noise_rng"] = self.noise_generator.get_state()
+        # The secret root of the noise and the sample: this state never leaves the site.
+        tensors["randomness_secret"] = torch.frombuffer(
+            bytearray(self.randomness.secret), dtype=torch.uint8
+        )
         # A snapshot: module and optimiser state_dicts share storage with live tensors that
         # the next step updates in place.
         tensors = {k: v.detach().clone() for k, v in tensors.items()}
@@ -339,6 +354,7 @@ class LocalTrainer:
             "site": self.site,
             "steps_done": self.steps_done,
             "dp_enabled": self.dp_enabled,
+            "reproducible_noise": self.randomness.reproducible,
             "noise_multiplier": self.noise_multiplier,
             "sample_rate": self.sample_rate,
             "planned_steps": self.planned_steps,
@@ -357,6 +373,17 @@ class LocalTrainer:
                 path,
                 f"saved with privacy.enabled={meta.get('dp_enabled')}, config says {self.dp_enabled}",
             )
+        if bool(meta.get("reproducible_noise")) != self.randomness.reproducible:
+            raise CheckpointError(
+                path,
+                f"saved with reproducible (public-seed) noise = {meta.get('reproducible_noise')}, "
+                f"the config asks for {self.randomness.reproducible} "
+                "(privacy.insecure_reproducible_noise cannot change within a run)",
+            )
+        self.randomness = TrainingRandomness(
+            bytes(tensors["randomness_secret"].to(torch.uint8).cpu().numpy().tobytes()),
+            reproducible=self.randomness.reproducible,
+        )
         ckpt.load_module_state(self.generator, ckpt.unprefixed("generator", tensors), path)
         ckpt.load_module_state(self.discriminator, ckpt.unprefixed("discriminator", tensors), path)
         for name in ("opt_g", "opt_d"):

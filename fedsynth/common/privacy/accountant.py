@@ -7,57 +7,25 @@ can recompute epsilon from it (docs/privacy.md); nothing else is needed to resto
 
 from __future__ import annotations
 
-import functools
-import warnings
 from typing import Any
 
-import numpy as np
-from opacus.accountants import RDPAccountant, create_accountant
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
-
 from fedsynth.common.errors import ConfigError, PrivacyBudgetError
+from fedsynth.common.privacy.registry import build_accountant, epsilon_of
 
-ACCOUNTANTS = ("rdp", "prv")
-RDP_ORDERS = RDPAccountant.DEFAULT_ALPHAS
 # get_noise_multiplier stops once epsilon is within its tolerance below the target; this
 # relative slack only absorbs float round-off when the same history is re-evaluated.
 _BUDGET_SLACK = 1e-9
 
 
-@functools.lru_cache(maxsize=1024)
-def _rdp_per_step(sample_rate: float, noise_multiplier: float) -> np.ndarray:
-    # Opacus's compute_rdp is linear in steps; caching the one-step curve per mechanism
-    # makes re-evaluating a growing history cheap (it is called before and after each chunk).
-    return np.asarray(
-        compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=RDP_ORDERS)
-    )
-
-
-@functools.lru_cache(maxsize=1024)
-def _epsilon(kind: str, history: tuple[tuple[float, float, int], ...], delta: float) -> float:
-    if kind == "rdp":
-        # Exactly RDPAccountant.get_epsilon: sum the RDP curves, convert at the best order.
-        rdp = sum(n * _rdp_per_step(q, nm) for nm, q, n in history)
-        with warnings.catch_warnings():
-            # "Optimal order is the largest alpha": the bound is then merely conservative.
-            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-            eps, _ = get_privacy_spent(orders=RDP_ORDERS, rdp=rdp, delta=delta)
-        return float(eps)
-    acc = create_accountant(mechanism=kind)
-    acc.history = list(history)
-    return float(acc.get_epsilon(delta=delta))
-
-
 class PrivacyAccountant:
     """Composes subsampled Gaussian mechanisms and enforces a target epsilon at ``delta``.
 
-    ``kind`` is "rdp" (Renyi DP, Opacus RDPAccountant) or "prv" (privacy random variables,
-    Opacus PRVAccountant). ``target_epsilon`` None means no budget is enforced.
+    ``kind``: a name of ``fedsynth.common.privacy.registry.ACCOUNTANTS`` ("rdp": Renyi DP,
+    "prv": privacy random variables). ``target_epsilon`` None means no budget is enforced.
     """
 
     def __init__(self, *, kind: str, delta: float, target_epsilon: float | None):
-        if kind not in ACCOUNTANTS:
-            raise ConfigError("privacy.accountant", f"must be one of {ACCOUNTANTS}, got {kind!r}")
+        build_accountant(kind)  # ConfigError naming privacy.accountant and the valid names
         self.kind = kind
         self.delta = float(delta)
         self.target_epsilon = target_epsilon
@@ -81,7 +49,7 @@ class PrivacyAccountant:
         history = self.history if history is None else history
         if not history:
             return 0.0
-        return _epsilon(self.kind, tuple(history), self.delta)
+        return epsilon_of(self.kind, tuple(history), self.delta)
 
     def epsilon_after(self, *, noise_multiplier: float, sample_rate: float, steps: int) -> float:
         """Epsilon if ``steps`` more invocations of the given mechanism were recorded."""

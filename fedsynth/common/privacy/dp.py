@@ -23,19 +23,25 @@ import math
 
 import torch
 from opacus import GradSampleModule
-from opacus.accountants.utils import get_noise_multiplier
 from torch import nn
 
 from fedsynth.common.errors import ConfigError
+from fedsynth.common.privacy import grad_samplers
+from fedsynth.common.privacy.registry import build_accountant
 
 STEPS_PER_ITERATION = 2  # D step and G step share one sample: sqrt(2) joint sensitivity
-# Opacus grad-sample modes that run on these networks. "functorch" (per-sample gradients by
-# vmap over the layer's autograd) is the default because it is CORRECT on the default U-Net:
-# "hooks" returned wrong per-sample gradients for some of its Conv2d weights (relative error
-# ~1; see tests/test_privacy.py and benchmarks/bench_dp_step.py), and "ew" (expanded weights)
-# cannot handle ConvTranspose at all.
-GRAD_SAMPLE_MODES = ("functorch", "hooks")
-DEFAULT_GRAD_SAMPLE_MODE = "functorch"
+# Opacus grad-sample modes that run on these networks. "hooks" (per-layer formulas from the
+# stored activations and backprops) is exact once every input is contiguous: Opacus's
+# unfold2d assumes the NCHW layout, and a channels-last input (one_hot(...).permute(0, 3,
+# 1, 2) is one) gave per-sample conv gradients off by ~100 % -- PatientDP therefore makes
+# every input contiguous. It also computes per-sample gradients only for parameters with
+# requires_grad=True (functorch recomputes every parameter of a layer). Opacus has no hooks
+# formula for ConvTranspose2d (it would fall back to functorch per layer): fedsynth adds one
+# (grad_samplers.py). "functorch" (vmap over each layer) is kept as the reference. "ew" (expanded weights) cannot handle the
+# U-Net's ConvTranspose. benchmarks/bench_dp_step.py times both and checks them; tests/
+# test_privacy.py checks the default against single-patient backward passes.
+GRAD_SAMPLE_MODES = ("hooks", "functorch")
+DEFAULT_GRAD_SAMPLE_MODE = "hooks"
 _CLIP_EPS = 1e-6  # as in Opacus: avoids dividing by a zero norm
 
 
@@ -62,13 +68,10 @@ def calibrate_noise_multiplier(
     if planned_steps <= 0:
         raise ConfigError("train.steps", f"planned DP steps must be > 0, got {planned_steps}")
     try:
-        joint = get_noise_multiplier(
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
+        joint = build_accountant(accountant).noise_multiplier(
+            target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
             steps=planned_steps,
-            accountant=accountant,
-        )
+        )  # fmt: skip
     except ValueError as e:  # Opacus: "The privacy budget is too low."
         raise ConfigError(
             "privacy.target_epsilon",
@@ -107,6 +110,11 @@ class PatientDP:
     backpropagates the SUM of per-patient losses, so grad_sample[i] is patient i's gradient).
     Call ``privatise(batch)`` after backward and before the optimiser step; it replaces each
     parameter's ``.grad`` by (sum_i clip(g_i) + N(0, (sigma C)^2)) / expected_batch_size.
+
+    Only parameters with ``requires_grad=True`` are privatised (clipped jointly, noised,
+    updated); frozen ones get no per-sample gradient, no noise and no update. Freeze them
+    BEFORE building the PatientDP: Opacus decides at wrap time which layers get hooks.
+    Tensor inputs of ``module`` are made contiguous (see GRAD_SAMPLE_MODES).
     """
 
     def __init__(
@@ -121,6 +129,12 @@ class PatientDP:
     ):
         if grad_sample_mode not in GRAD_SAMPLE_MODES:
             raise ConfigError("grad_sample_mode", f"must be one of {GRAD_SAMPLE_MODES}")
+        if not any(p.requires_grad for p in module.parameters()):
+            raise ConfigError(
+                "privacy", f"{type(module).__name__} has no trainable parameter to privatise"
+            )
+        module.register_forward_pre_hook(_contiguous_inputs)
+        grad_samplers.register()
         self.module = GradSampleModule(
             module, loss_reduction="sum", force_functorch=grad_sample_mode == "functorch"
         )
@@ -169,3 +183,9 @@ class PatientDP:
                 f"per-sample gradient batch {gs.shape[0]} != {fold} x {batch_size} patients"
             )
         return gs.reshape(fold, batch_size, *p.shape).sum(0)
+
+
+def _contiguous_inputs(_module: nn.Module, args: tuple) -> tuple:
+    # Opacus's hooks-mode conv formula (unfold2d) assumes the NCHW layout; a channels-last
+    # input would also make every activation after it channels-last (convs keep the format).
+    return tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)

@@ -4,20 +4,28 @@ Format (all keys always present)::
 
     {
       "unit": "patient",
-      "accountant": "rdp" | "prv",
+      "accountant": "rdp" | "prv",  # the one the noise was calibrated and budgeted with
+      "target_epsilon": float | null,  # privacy.target_epsilon the noise was calibrated for
       "delta": float,
       "dp_enabled": bool,
-      "sites": {site: {"epsilon": float | null, "noise_multiplier": float | null,
+      "reproducible_noise": bool,   # true: privacy.insecure_reproducible_noise (no guarantee
+                                    # against anyone who knows the config; statement says so)
+      "sites": {site: {"epsilon": float | null,  # by "accountant"
+                       "epsilon_by_accountant": {"rdp": float, "prv": float} | null,
                        "step_noise_multiplier": float | null, "sample_rate": float,
                        "steps": int, "max_grad_norm": float | null,
                        "history": [{"noise_multiplier", "sample_rate", "steps"}, ...]}},
       "worst_epsilon": float | null,
+      "worst_epsilon_by_accountant": {"rdp": float, "prv": float} | null,
       "statement": str
     }
 
 ``noise_multiplier`` and ``history`` are the mechanisms exactly as the accountant saw them
 (the joint D+G mechanism, sigma / sqrt(2)); ``step_noise_multiplier`` is sigma, the noise
 added in each of the D and G steps. ``null`` epsilon means infinity: no differential privacy.
+``epsilon_by_accountant`` is the same history under every accountant of
+``fedsynth.common.privacy.registry`` (PRV is tighter than RDP: the same history, a smaller
+epsilon); ``epsilon`` and the budget are those of ``accountant``.
 """
 
 from __future__ import annotations
@@ -28,8 +36,15 @@ from pathlib import Path
 from typing import Any
 
 from fedsynth.common.io.atomic import atomic_write_json
+from fedsynth.common.privacy.registry import epsilons
 
 NO_DP = "epsilon = infinity (no differential privacy)"
+REPRODUCIBLE_NOISE = (
+    "WARNING: privacy.insecure_reproducible_noise was on: the DP noise and the patient "
+    "sampling were derived from the public config seed, so anyone who knows the config (the "
+    "server included) can replay the training and remove the noise; the DP guarantee does "
+    "not hold against them."
+)
 
 
 @dataclass(frozen=True)
@@ -44,9 +59,17 @@ class SitePrivacy:
     max_grad_norm: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
+    def epsilons(self, delta: float) -> dict[str, float] | None:
+        """Epsilon of the history under every registered accountant; None without DP."""
+        if not math.isfinite(self.epsilon):
+            return None
+        history = [(h["noise_multiplier"], h["sample_rate"], h["steps"]) for h in self.history]
+        return epsilons(history, delta)
+
+    def to_json(self, delta: float) -> dict[str, Any]:
         return {
             "epsilon": self.epsilon if math.isfinite(self.epsilon) else None,
+            "epsilon_by_accountant": self.epsilons(delta),
             "noise_multiplier": self.noise_multiplier,
             "step_noise_multiplier": self.step_noise_multiplier,
             "sample_rate": self.sample_rate,
@@ -63,7 +86,9 @@ def describe_epsilon(epsilon: float, delta: float) -> str:
     return f"epsilon = {epsilon:.3g} at delta = {delta:g}"
 
 
-def privacy_statement(sites: dict[str, SitePrivacy], delta: float, dp_enabled: bool) -> str:
+def privacy_statement(
+    sites: dict[str, SitePrivacy], delta: float, dp_enabled: bool, reproducible_noise: bool = False
+) -> str:
     """One line saying what was accounted, for people."""
     if not dp_enabled:
         return (
@@ -72,25 +97,45 @@ def privacy_statement(sites: dict[str, SitePrivacy], delta: float, dp_enabled: b
         )
     worst = max((s.epsilon for s in sites.values()), default=0.0)
     names = ", ".join(sorted(sites)) or "no site"
-    return (
+    statement = (
         f"Each training patient is protected by patient-level differential privacy with "
         f"{describe_epsilon(worst, delta)} (worst of: {names}); both the discriminator and "
         "the generator steps were DP-SGD on Poisson-sampled patients, one slice each."
     )
+    return f"{statement} {REPRODUCIBLE_NOISE}" if reproducible_noise else statement
 
 
 def privacy_report(
-    *, accountant: str, delta: float, dp_enabled: bool, sites: dict[str, SitePrivacy]
+    *,
+    accountant: str,
+    delta: float,
+    dp_enabled: bool,
+    sites: dict[str, SitePrivacy],
+    reproducible_noise: bool = False,
+    target_epsilon: float | None = None,
 ) -> dict[str, Any]:
+    """``reproducible_noise``: privacy.insecure_reproducible_noise was on (see the statement);
+    ``target_epsilon``: privacy.target_epsilon the noise was calibrated for."""
     worst = max((s.epsilon for s in sites.values()), default=0.0) if dp_enabled else math.inf
+    reproducible_noise = reproducible_noise and dp_enabled
+    entries = {name: s.to_json(delta) for name, s in sorted(sites.items())}
+    by_accountant = [e["epsilon_by_accountant"] for e in entries.values()]
+    worst_by = (
+        {k: max(e[k] for e in by_accountant) for k in by_accountant[0]}
+        if dp_enabled and by_accountant and all(by_accountant)
+        else None
+    )
     return {
         "unit": "patient",
         "accountant": accountant,
+        "target_epsilon": target_epsilon if dp_enabled else None,
         "delta": delta,
         "dp_enabled": dp_enabled,
-        "sites": {name: s.to_json() for name, s in sorted(sites.items())},
+        "reproducible_noise": reproducible_noise,
+        "sites": entries,
         "worst_epsilon": worst if math.isfinite(worst) else None,
-        "statement": privacy_statement(sites, delta, dp_enabled),
+        "worst_epsilon_by_accountant": worst_by,
+        "statement": privacy_statement(sites, delta, dp_enabled, reproducible_noise),
     }
 
 
@@ -101,8 +146,13 @@ def write_privacy_json(
     delta: float,
     dp_enabled: bool,
     sites: dict[str, SitePrivacy],
+    reproducible_noise: bool = False,
+    target_epsilon: float | None = None,
 ) -> dict[str, Any]:
     """Write ``privacy.json`` atomically and return what was written."""
-    report = privacy_report(accountant=accountant, delta=delta, dp_enabled=dp_enabled, sites=sites)
+    report = privacy_report(
+        accountant=accountant, delta=delta, dp_enabled=dp_enabled, sites=sites,
+        reproducible_noise=reproducible_noise, target_epsilon=target_epsilon,
+    )  # fmt: skip
     atomic_write_json(path, report)
     return report

@@ -1,0 +1,209 @@
+"""The wire format between the ServerApp and the ClientApp: the one place both agree on.
+
+A train request (server -> site) is Flower's RecordDict with
+
+- ``ARRAYS``: ArrayRecord, the global generator (state_dict names -> float32 arrays);
+- ``CONFIG``: ConfigRecord with ``config-yaml`` (the run's resolved config as plain YAML),
+  ``run-dir`` (where simulated sites keep their state), ``rounds`` (planned rounds) and
+  ``server-round`` (set by Flower's strategy).
+
+A reply (site -> server) is exactly ``ARRAYS`` (the site's generator; empty when it declined)
+and ``METRICS``: a MetricRecord with exactly the keys of ``REPLY_METRICS``. Every one of them
+is either DP-accounted or independent of patient data (the ``status`` of each entry says
+which); losses, the number of patients sampled and wall time stay in the site's own log.
+
+A config received from the server is PARSED, never resolved: plain YAML, and any OmegaConf
+interpolation (``${...}``, e.g. ``${oc.env:HOME}``) is refused, so a server cannot make a site
+read its own environment back into error messages or replies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import yaml
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from fedsynth.common.config import Config, config_from_dict, config_to_yaml
+from fedsynth.common.errors import ConfigError
+
+ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"  # record names (Flower's defaults)
+CONFIG_YAML, RUN_DIR, ROUNDS, SERVER_ROUND = "config-yaml", "run-dir", "rounds", "server-round"
+WEIGHT_KEY = "num-examples"  # FedAvg's weight
+
+# Privacy status of a reply value.
+PUBLIC = "independent of patient data"
+ACCOUNTED = "a function of the DP mechanism's public parameters (config, patient count, steps)"
+PATIENT_COUNT = "the site's patient count N: public under add/remove adjacency with N public"
+
+
+@dataclass(frozen=True)
+class ReplyMetric:
+    """One key of the reply's MetricRecord: its type, meaning and privacy status."""
+
+    kind: type  # int, float, or list (of floats/ints)
+    meaning: str
+    status: str
+
+
+REPLY_METRICS: dict[str, ReplyMetric] = {
+    WEIGHT_KEY: ReplyMetric(int, "patients at the site (FedAvg weight)", PATIENT_COUNT),
+    "site-index": ReplyMetric(
+        int, "k of the site's name site-<k> (node config); -1: unnamed", PUBLIC
+    ),
+    "declined": ReplyMetric(int, "1: the site refused to train (privacy budget)", PUBLIC),
+    "resent": ReplyMetric(int, "1: the stored reply to a repeated request", PUBLIC),
+    "steps": ReplyMetric(int, "local steps taken this round (0 or local_steps)", PUBLIC),
+    "steps-total": ReplyMetric(int, "local steps taken at the site in all", PUBLIC),
+    "epsilon": ReplyMetric(float, "epsilon spent so far at delta (inf without DP)", ACCOUNTED),
+    "delta": ReplyMetric(float, "the delta of epsilon", PUBLIC),
+    "noise-multiplier": ReplyMetric(
+        float, "joint D+G mechanism as accounted, sigma/sqrt(2) (0 without DP)", ACCOUNTED
+    ),
+    "step-noise-multiplier": ReplyMetric(
+        float, "sigma added in each of the D and G steps (0 without DP)", ACCOUNTED
+    ),
+    "max-grad-norm": ReplyMetric(float, "per-patient clipping bound C (0 without DP)", PUBLIC),
+    "sample-rate": ReplyMetric(float, "Poisson rate q = batch_size / N", PATIENT_COUNT),
+    "history-noise-multiplier": ReplyMetric(list, "accountant history: multipliers", ACCOUNTED),
+    "history-sample-rate": ReplyMetric(list, "accountant history: sample rates", ACCOUNTED),
+    "history-steps": ReplyMetric(list, "accountant history: steps", PUBLIC),
+}
+HISTORY_KEYS = ("history-noise-multiplier", "history-sample-rate", "history-steps")
+
+
+# -- request ----------------------------------------------------------------------------
+
+
+def request_config(cfg: Config, run_dir: str, rounds: int) -> ConfigRecord:
+    """The ConfigRecord of every train request (Flower adds ``server-round``)."""
+    return ConfigRecord({CONFIG_YAML: config_to_yaml(cfg), RUN_DIR: run_dir, ROUNDS: rounds})
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """One train request, parsed. ``weights``: generator state, name -> float32 array."""
+
+    cfg: Config
+    server_round: int
+    rounds: int
+    run_dir: str
+    weights: dict[str, np.ndarray]
+    digest: str  # sha256 of the global weights: identifies a repeated request
+
+
+def parse_request(content: RecordDict) -> TrainRequest:
+    """A train request's content -> TrainRequest; ConfigError naming what is missing."""
+    if CONFIG not in content.config_records or ARRAYS not in content.array_records:
+        raise ConfigError(
+            "train message", f"needs records {CONFIG!r} and {ARRAYS!r}, got {sorted(content)}"
+        )
+    config = content.config_records[CONFIG]
+    missing = [k for k in (CONFIG_YAML, SERVER_ROUND, ROUNDS, RUN_DIR) if k not in config]
+    if missing:
+        raise ConfigError(missing[0], "missing from the train message's config record")
+    weights = weights_of(content.array_records[ARRAYS])
+    return TrainRequest(
+        cfg=parse_config_yaml(str(config[CONFIG_YAML])),
+        server_round=int(config[SERVER_ROUND]),  # type: ignore[arg-type]
+        rounds=int(config[ROUNDS]),  # type: ignore[arg-type]
+        run_dir=str(config[RUN_DIR]),
+        weights=weights,
+        digest=weights_digest(weights),
+    )
+
+
+def parse_config_yaml(text: str) -> Config:
+    """A received config: plain YAML, validated, never resolved (interpolation refused)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(CONFIG_YAML, f"not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(CONFIG_YAML, f"must be a mapping, got {type(data).__name__}")
+    for key, value in _leaves(data):
+        if isinstance(value, str) and "${" in value:
+            raise ConfigError(
+                key, "interpolation ('${...}') is not accepted in a config received over the wire"
+            )
+    return config_from_dict(data)
+
+
+def _leaves(data: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(data, Mapping):
+        for k, v in data.items():
+            yield from _leaves(v, f"{prefix}{k}.")
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            yield from _leaves(v, f"{prefix}{i}.")
+    else:
+        yield prefix.rstrip("."), data
+
+
+# -- generator arrays ---------------------------------------------------------------------
+
+
+def generator_record(weights: Mapping[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
+
+
+def weights_of(arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: a.numpy() for k, a in arrays.items()}
+
+
+def weights_digest(weights: Mapping[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(weights):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(weights[k]).tobytes())
+    return h.hexdigest()
+
+
+# -- reply --------------------------------------------------------------------------------
+
+
+def reply_content(weights: Mapping[str, np.ndarray] | None, metrics: dict[str, Any]) -> RecordDict:
+    """The reply: the generator (empty when declined) and exactly ``REPLY_METRICS``.
+
+    A key outside the spec is a programming error at the site: refuse to send it (it could
+    carry something unaccounted)."""
+    problems = metric_problems(metrics)
+    if problems:
+        raise ValueError(f"reply metrics do not match the wire format: {'; '.join(problems)}")
+    return RecordDict({ARRAYS: generator_record(weights or {}), METRICS: MetricRecord(metrics)})
+
+
+def metric_problems(metrics: Mapping[str, Any]) -> list[str]:
+    """How ``metrics`` differs from ``REPLY_METRICS`` (keys and types); [] if it matches."""
+    problems = []
+    extra = sorted(set(metrics) - set(REPLY_METRICS))
+    missing = sorted(set(REPLY_METRICS) - set(metrics))
+    if extra or missing:
+        problems.append(f"extra keys {extra[:5]}, missing keys {missing[:5]}")
+    for key in set(metrics) & set(REPLY_METRICS):
+        kind, value = REPLY_METRICS[key].kind, metrics[key]
+        ok = (
+            isinstance(value, list)
+            if kind is list
+            else isinstance(value, (int, float)) and not isinstance(value, (bool, list))
+        )
+        if kind is int and ok and isinstance(value, float) and not value.is_integer():
+            ok = False
+        if not ok:
+            problems.append(f"{key}: expected {kind.__name__}, got {type(value).__name__}")
+    return problems
+
+
+def reply_problems(content: RecordDict) -> list[str]:
+    """Structural problems of a reply: exactly {ARRAYS: ArrayRecord, METRICS: MetricRecord}
+    and the metrics of the spec. (The arrays are checked against the generator sent.)"""
+    records = {name: type(rec).__name__ for name, rec in content.items()}
+    if records != {ARRAYS: "ArrayRecord", METRICS: "MetricRecord"}:
+        return [
+            f"expected records {{{ARRAYS!r}: ArrayRecord, {METRICS!r}: MetricRecord}}, got {records}"
+        ]
+    return metric_problems(dict(content.metric_records[METRICS]))
