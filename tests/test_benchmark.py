@@ -163,6 +163,35 @@ def test_cli_refuses_to_overwrite(result, tmp_path, capsys):
     assert code == 2 and "already exists" in capsys.readouterr().err
 
 
+def test_overwrite_refuses_a_benchmark_folder_fedsynth_did_not_make(tmp_path, capsys):
+    """A user's folder that happens to hold a results.csv survives `--overwrite`."""
+    from fedsynth.cli import main
+
+    user = tmp_path / "run" / "benchmark"
+    user.mkdir(parents=True)
+    (user / "results.csv").write_text("my own results\n")
+    code = main(["benchmark", str(SMOKE), "benchmark.arms=[local]", "--out",
+                 str(tmp_path / "run"), "--overwrite", "--no-progress"])  # fmt: skip
+    assert code == 2 and str(user) in capsys.readouterr().err
+    assert (user / "results.csv").read_text() == "my own results\n"
+
+
+def test_learning_curves_are_in_tensorboard(result):
+    """One TensorBoard run per model, read back with TensorBoard's own reader: the same
+    steps and values as curves.csv."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves = _read_csv(result.out / "curves.csv")
+    model = [c for c in curves if (c["arm"], c["site"], c["seed"]) == ("local", "site-2", "0")]
+    acc = EventAccumulator(str(result.out / "tensorboard" / "local" / "site-2" / "seed0"))
+    acc.Reload()
+    assert {"seg/train_loss", "seg/val_dice"} <= set(acc.Tags()["scalars"])
+    dice = acc.Scalars("seg/val_dice")
+    assert [e.step for e in dice] == [int(c["step"]) for c in model]
+    assert [e.value for e in dice] == pytest.approx([float(c["val_dice"]) for c in model])
+    assert (result.out / ".fedsynth-output").is_file()  # marked: --overwrite may replace it
+
+
 @pytest.mark.slow
 def test_fedavg_arm_with_flower_simulation(cache, tmp_path):
     """The fedavg arm through Flower's simulation engine (Ray start-up costs ~15 s)."""

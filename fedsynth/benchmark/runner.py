@@ -48,8 +48,9 @@ from fedsynth.benchmark.results import (
     write_csv,
 )
 from fedsynth.common.config import Config, config_to_yaml
-from fedsynth.common.io.atomic import atomic_write_text
+from fedsynth.common.io.atomic import atomic_write_text, mark_output
 from fedsynth.common.rundir import CONFIG_FILE, RunDir
+from fedsynth.common.tracking import Tracker, tensorboard_dir
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def run_benchmark(
     start = time.perf_counter()
     b = cfg.benchmark
     out = RunDir(run_dir).benchmark
-    out.mkdir(parents=True, exist_ok=True)
+    mark_output(out)  # `fedsynth benchmark --overwrite` deletes only a folder so marked
     atomic_write_text(out / CONFIG_FILE, config_to_yaml(cfg))
     need_syn = any(a in NEEDS_SYNTHETIC for a in b.arms)
     syn_dir = synthetic_cohort(cfg, out, _path(synthetic), _path(checkpoint)) if need_syn else None
@@ -91,6 +92,19 @@ def run_benchmark(
     seconds = time.perf_counter() - start
     rows, diffs = write_outputs(out, cfg, data, outcomes, syn_dir, seconds)
     return BenchmarkResult(out, rows, diffs, seconds)
+
+
+def track_curves(curves: list[Row], logdir: Path) -> None:
+    """Learning curves in TensorBoard: one run per model (``<arm>/<site>/seed<k>``, so that
+    ``tensorboard --logdir RUN_DIR/benchmark`` overlays every arm), tags ``seg/train_loss``
+    and ``seg/val_dice`` against the training step. Same numbers as curves.csv."""
+    models: dict[tuple[str, str, str], list[Row]] = {}
+    for r in curves:
+        models.setdefault((str(r["arm"]), str(r["site"]), str(r["seed"])), []).append(r)
+    for (arm, site, seed), rows in models.items():
+        with Tracker(logdir / _file_name(arm) / site / f"seed{seed}") as tb:
+            for r in rows:
+                tb.scalars({k: r[k] for k in ("train_loss", "val_dice")}, int(r["step"]), "seg")
 
 
 def _jobs(cfg: Config) -> list[tuple[int, list[str]]]:
@@ -190,6 +204,7 @@ def write_outputs(out, cfg, data, outcomes, syn_dir, seconds) -> tuple[list[Row]
     write_csv(out / "intervals.csv", intervals, INTERVAL_COLUMNS)
     write_csv(out / "comparisons.csv", comparisons, COMPARISON_COLUMNS)
     write_csv(out / "curves.csv", curves, CURVE_COLUMNS)
+    track_curves(curves, tensorboard_dir(out))
     context = {
         "config": f"{cfg.name} (seeds {cfg.seed}..{cfg.seed + cfg.benchmark.seeds - 1}, "
         f"at most {cfg.benchmark.steps} steps, batch {cfg.benchmark.batch_size}, "

@@ -10,12 +10,13 @@ Writes RUN_DIR/benchmark/: results.csv, differences.csv, per_patient.csv, result
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
-from fedsynth.cli._common import Summary, add_config_args, config_from_args
+from fedsynth.cli._common import Summary, add_config_args, announce_tensorboard, config_from_args
 from fedsynth.common.errors import OutputExistsError
+from fedsynth.common.io.atomic import remove_output
 from fedsynth.common.rundir import RunDir
+from fedsynth.common.tracking import tensorboard_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> Summary:
     if (out / "results.csv").exists():
         if not args.overwrite:
             raise OutputExistsError(out)
-        shutil.rmtree(out)
+        remove_output(out)  # only a folder fedsynth marked as its own (ForeignFolderError)
+    announce_tensorboard(tensorboard_dir(out))
     result = run_benchmark(
         cfg,
         args.out,
