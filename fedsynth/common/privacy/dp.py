@@ -109,14 +109,15 @@ def sample_rate_for(batch_size: int, patients: int, where: str = "") -> float:
 class PatientDP:
     """Per-patient clipping and Gaussian noise for one network's gradients.
 
-    ``module`` is wrapped in an Opacus GradSampleModule (loss_reduction="sum": the caller
-    backpropagates the SUM of per-patient losses, so grad_sample[i] is patient i's gradient).
+    ``module`` is wrapped for per-sample gradients (per_sample.wrap; the caller backpropagates
+    the SUM of per-patient losses through ``self.module``, so grad_sample[i] is patient i's
+    gradient). In the default "fast" mode the backward pass leaves ``.grad`` unset.
     Call ``privatise(batch)`` after backward and before the optimiser step; it replaces each
     parameter's ``.grad`` by (sum_i clip(g_i) + N(0, (sigma C)^2)) / expected_batch_size.
 
     Only parameters with ``requires_grad=True`` are privatised (clipped jointly, noised,
     updated); frozen ones get no per-sample gradient, no noise and no update. Freeze them
-    BEFORE building the PatientDP: Opacus decides at wrap time which layers get hooks.
+    BEFORE building the PatientDP: the wrapper decides at wrap time which layers get hooks.
     Tensor inputs of ``module`` are made contiguous (see GRAD_SAMPLE_MODES).
     """
 
