@@ -13,6 +13,7 @@ Layout::
     OUT/pretrain/              fedsynth pretrain (public data only), shared by every arm
     OUT/arms/<arm>/            one federated run per trained arm (resumable), and per arm
                                quality.json, samples.png, synthetic/, benchmark/, audit/
+    OUT/real/benchmark/        the real-data segmentation arms (local, pooled), run once
     OUT/study.json, study.md   one row per arm: epsilon, delta, trainable parameters,
                                held-out MAE/PSNR/SSIM per contrast, Dice, membership AUC
     OUT/samples.png            the same held-out label maps rendered by every arm
@@ -36,7 +37,6 @@ import torch
 from matplotlib.figure import Figure
 
 from fedsynth.audit.writer import run_audit
-from fedsynth.benchmark.runner import run_benchmark
 from fedsynth.central import load_central_data
 from fedsynth.common.config import Config, check_study_arm, config_to_yaml
 from fedsynth.common.data.datasets import fixed_eval_slices
@@ -52,7 +52,13 @@ from fedsynth.common.io.atomic import atomic_write_json, atomic_write_text, save
 from fedsynth.common.rundir import CONFIG_FILE, INIT_FILE, RunDir
 from fedsynth.pretrain.run import pretrain
 from fedsynth.simulation import simulate
-from fedsynth.sweep.budgets import SYNTHETIC_ARMS
+from fedsynth.study_segmentation import (
+    dice_summary,
+    dice_table,
+    read_rows,
+    real_benchmark,
+    synthetic_benchmark,
+)
 from fedsynth.synthesis.generate import synthesize
 from fedsynth.synthesis.generator_io import load_generator
 
@@ -125,8 +131,8 @@ def run_arm(cfg: Config, arm: str, init: Path, out: Path, test: Any) -> dict[str
     row: dict[str, Any] = {"arm": arm, "checkpoint": str(checkpoint)}
     row.update(_privacy_of(arm, folder, acfg))
     row.update(_quality(cfg, checkpoint, folder, test))
-    if cfg.study.segmentation:
-        row["dice"] = _segmentation(acfg, checkpoint, folder)
+    if cfg.study.segmentation and arm in _segmentation_arms(cfg):
+        row["segmentation"] = str(_segmentation(acfg, checkpoint, folder))
     if cfg.study.audit and arm != "public-only":  # public-only saw no site patient
         row["membership_auc"] = _audit(folder)
     atomic_write_json(marker, row)
@@ -144,13 +150,16 @@ def _privacy_of(arm: str, folder: Path, acfg: Config) -> dict[str, Any]:
             "statement": privacy.get("statement")}  # fmt: skip
 
 
-def _segmentation(acfg: Config, checkpoint: Path, folder: Path) -> dict[str, Any]:
+def _segmentation_arms(cfg: Config) -> list[str]:
+    chosen = cfg.study.segmentation_arms
+    return list(cfg.study.arms) if chosen is None else list(chosen)
+
+
+def _segmentation(acfg: Config, checkpoint: Path, folder: Path) -> Path:
+    """Synthesise the arm's cohort and run the synthetic benchmark arms; per_patient.csv."""
     synthetic = folder / "synthetic"
     synthesize(acfg, checkpoint, synthetic, cases=acfg.benchmark.synthetic_cases, overwrite=True)
-    bcfg = dataclasses.replace(acfg, benchmark=dataclasses.replace(acfg.benchmark,
-                                                                   arms=list(SYNTHETIC_ARMS)))  # fmt: skip
-    result = run_benchmark(bcfg, folder, synthetic=synthetic)
-    return {"results": str(result.out / "results.csv")}
+    return synthetic_benchmark(acfg, synthetic, folder)
 
 
 def _audit(folder: Path) -> float | None:
@@ -167,31 +176,56 @@ def run_study(cfg: Config, out: Path, arms: list[str] | None = None) -> Path:
     atomic_write_text(out / CONFIG_FILE, config_to_yaml(cfg))
     init = _pretrained(cfg, out)
     test = load_central_data(cfg).test
+    real = real_benchmark(cfg, out) if cfg.study.segmentation else None
     rows = []
     for i, arm in enumerate(arms, 1):
         print(f"[{i}/{len(arms)}] {arm} ...", flush=True)
         rows.append(run_arm(cfg, arm, init, out, test))
-    atomic_write_json(out / "study.json", {"arms": rows, "test_patients": len(test.patients)})
+    study: dict[str, Any] = {"arms": rows, "test_patients": len(test.patients)}
+    md = study_table(rows, len(test.patients))
+    if real is not None:
+        seg_rows = read_rows(real)
+        for r in rows:
+            if r.get("segmentation"):
+                seg_rows += read_rows(Path(r["segmentation"]), prefix=r["arm"])
+        summary = dice_summary(seg_rows, [r["arm"] for r in rows])
+        study["segmentation"] = summary
+        md += "\n" + dice_table(summary, {r["arm"]: epsilon_label(r) for r in rows})
+    atomic_write_json(out / "study.json", study)
     compare_grid(cfg, rows, test, out / "samples.png")
-    atomic_write_text(out / "study.md", study_table(rows, len(test.patients)))
+    atomic_write_text(out / "study.md", md)
     return out / "study.md"
+
+
+def epsilon_label(r: dict[str, Any]) -> str:
+    """How an arm's row states its privacy: no site data, no DP, or epsilon (delta)."""
+    if r["arm"] == "public-only":
+        return "0 (no site data)"
+    if not r.get("dp"):
+        return "inf (no DP)"
+    return f"{r['epsilon']:.2f} ({r['delta']:g})"
 
 
 def study_table(rows: list[dict[str, Any]], test_patients: int) -> str:
     """Markdown: one row per arm, held-out SSIM / MAE / PSNR per contrast and their mean."""
     contrasts = ("t1", "t1c", "t2", "flair")
-    head = ["arm", "epsilon (delta)", *(f"SSIM {c}" for c in contrasts), "SSIM", "MAE", "PSNR"]
+    head = ["arm", "epsilon (delta)", *(f"SSIM {c}" for c in contrasts), "SSIM", "MAE", "PSNR",
+            "membership AUC"]  # fmt: skip
     lines = [f"Held-out image quality on {test_patients} test patients (brain pixels).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
     for r in rows:
-        eps = r["epsilon"]
-        eps_s = "0 (no site data)" if r["arm"] == "public-only" else (
-            "inf (no DP)" if not r.get("dp") else f"{eps:.2f} ({r['delta']:g})")  # fmt: skip
+        eps_s = epsilon_label(r)
         q, m = r["quality"], r["mean"]
         cells = [r["arm"], eps_s, *(f"{q[c]['ssim']:.3f}" for c in contrasts),
-                 f"{m['ssim']:.3f}", f"{m['mae']:.3f}", f"{m['psnr']:.2f}"]  # fmt: skip
+                 f"{m['ssim']:.3f}", f"{m['mae']:.3f}", f"{m['psnr']:.2f}",
+                 _auc(r.get("membership_auc"))]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _auc(value: float | None) -> str:
+    """Membership-inference AUC (0.5: the attacker cannot tell members from held-out)."""
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def compare_grid(cfg: Config, rows: list[dict[str, Any]], test: Any, path: Path) -> Path:

@@ -20,6 +20,7 @@ from torch import nn
 
 from fedsynth.benchmark.data import BenchmarkData
 from fedsynth.benchmark.metrics import SegmentationScores
+from fedsynth.benchmark.postprocess import choose_min_voxels
 from fedsynth.benchmark.segmenter import segmenter_for
 from fedsynth.benchmark.training import (
     LearningCurve,
@@ -27,6 +28,7 @@ from fedsynth.benchmark.training import (
     evaluate,
     split_validation,
     train_segmenter,
+    validation_pairs,
 )
 from fedsynth.common.config import Config
 from fedsynth.common.data.cache import SliceCache
@@ -81,6 +83,7 @@ def _score(
         ctx.device,
         spacings=ctx.data.test_spacings,
         keep=ctx.cfg.benchmark.overlay_patients,
+        min_tumour_voxels=curve.min_tumour_voxels,
     )
     return ArmOutcome(arm, site, seed, scores, preds, curve)
 
@@ -118,8 +121,18 @@ def _synthetic(ctx: ArmContext) -> SliceCache:
     return ctx.data.synthetic
 
 
+def per_site(ctx: ArmContext) -> dict[str, SliceCache]:
+    """The sites per-site arms train a model for: every site, or with ``benchmark.sites:
+    smallest`` only the site with the fewest patients (the one that needs help most)."""
+    sites = ctx.data.sites
+    if ctx.cfg.benchmark.sites == "smallest":
+        name = min(sites, key=lambda s: (len(sites[s].patients), s))
+        return {name: sites[name]}
+    return sites
+
+
 def run_local(ctx: ArmContext, seed: int) -> list[ArmOutcome]:
-    return [_train_and_score(ctx, "local", s, seed, [c]) for s, c in ctx.data.sites.items()]
+    return [_train_and_score(ctx, "local", s, seed, [c]) for s, c in per_site(ctx).items()]
 
 
 def run_pooled(ctx: ArmContext, seed: int) -> list[ArmOutcome]:
@@ -130,7 +143,7 @@ def run_local_synthetic(ctx: ArmContext, seed: int) -> list[ArmOutcome]:
     syn = _synthetic(ctx)
     return [
         _train_and_score(ctx, "local+synthetic", s, seed, [c, syn])
-        for s, c in ctx.data.sites.items()
+        for s, c in per_site(ctx).items()
     ]
 
 
@@ -160,7 +173,7 @@ def run_public_only(ctx: ArmContext, seed: int) -> list[ArmOutcome]:
 def run_finetune(ctx: ArmContext, seed: int) -> list[ArmOutcome]:
     b, arm = ctx.cfg.benchmark, "synthetic->finetune"
     out = []
-    for site, cache in ctx.data.sites.items():
+    for site, cache in per_site(ctx).items():
         model, _ = _pretrained(ctx, seed)
         curve = _train(ctx, model, arm, site, seed, [cache], b.finetune_steps, b.finetune_lr)
         out.append(_score(ctx, arm, site, seed, model, curve))
@@ -174,6 +187,8 @@ def run_fedavg(ctx: ArmContext, seed: int) -> list[ArmOutcome]:
     model, curve = train_fedavg(
         ctx.cfg, seed, len(ctx.data.sites), ctx.work_dir / "fedavg", val, ctx.device
     )
+    if ctx.cfg.benchmark.postprocess:
+        curve.min_tumour_voxels = choose_min_voxels(validation_pairs(model, val, ctx.device))
     return [_score(ctx, "fedavg", ALL_SITES, seed, model, curve)]
 
 

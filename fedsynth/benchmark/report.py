@@ -72,8 +72,10 @@ def _convergence(curves: Sequence[Row]) -> list[str]:
         "",
         "Each model trains until its validation Dice (mean of WT, TC, ET on validation patients "
         "held out of its own training patients) has not improved for `benchmark.patience` "
-        "evaluations, and keeps its best weights; learning curves in `curves.csv` and "
-        "`curves_<arm>.png`.",
+        "evaluations, and keeps its best weights (learning rate halved after two evaluations "
+        "without a gain); learning curves in `curves.csv` and `curves_<arm>.png`. Predicted "
+        "tumour components smaller than a threshold chosen on the same validation patients "
+        "are dropped (column *small-tumour threshold*, grid voxels; 0: none).",
         "",
     ]
     rising = [k for k, rs in models.items() if rs[-1]["status"] == STILL_RISING]
@@ -93,11 +95,13 @@ def _convergence(curves: Sequence[Row]) -> list[str]:
         last = [int(rs[-1]["step"]) for rs in mine]  # type: ignore[call-overload]
         best = [int(rs[-1]["best_step"]) for rs in mine]  # type: ignore[call-overload]
         n_rising = sum(rs[-1]["status"] == STILL_RISING for rs in mine)
+        small = sorted({int(rs[-1].get("min_tumour_voxels", 0)) for rs in mine})  # type: ignore[call-overload]
         body.append(
             [arm, str(len(mine)), f"{min(last)}-{max(last)}", f"{min(best)}-{max(best)}",
-             str(n_rising)]
+             str(n_rising), ", ".join(map(str, small))]
         )  # fmt: skip
-    header = ["arm", "models", "steps trained", "best step", "still rising"]
+    header = ["arm", "models", "steps trained", "best step", "still rising",
+              "small-tumour threshold"]  # fmt: skip
     return out + _table(header, body) + [""]
 
 

@@ -35,7 +35,10 @@ COMPARISON_COLUMNS = (
     "arm", "reference", "region", "metric", "mean_diff", "ci_low", "ci_high", "p_value",
     "patients", "seeds",
 )  # fmt: skip
-CURVE_COLUMNS = ("arm", "site", "seed", "step", "train_loss", "val_dice", "best_step", "status")
+CURVE_COLUMNS = (
+    "arm", "site", "seed", "step", "train_loss", "val_dice", "best_step", "status",
+    "min_tumour_voxels",
+)  # fmt: skip
 # (arm, reference) pairs compared patient by patient, when both arms ran
 REFERENCES = (("*", "local"), ("synthetic", "pooled"), ("public-only", "synthetic"))
 STILL_RISING = "still rising"  # status of a model whose validation Dice had not plateaued
@@ -213,6 +216,7 @@ def curve_rows(outcomes: Sequence[ArmOutcome]) -> list[Row]:
         ):
             out.append(
                 {"arm": o.arm, "site": o.site, "seed": o.seed, "step": step, "train_loss": loss,
-                 "val_dice": val, "best_step": c.best_step, "status": status}
+                 "val_dice": val, "best_step": c.best_step, "status": status,
+                 "min_tumour_voxels": c.min_tumour_voxels}
             )  # fmt: skip
     return out

@@ -12,7 +12,9 @@ YAML, the server round, the run directory and the planned rounds) the site:
    states and the secret its DP noise comes from), declines if ``local_steps`` more steps
    would exceed its privacy budget, trains ``federation.local_steps`` steps from the global
    generator with the same ``LocalTrainer`` as central training, and saves its state;
-4. replies with the noised generator and the data-independent counters of
+4. replies with the noised generator (only its trainable parameters when the request says
+   ``exchange`` = ``trainable``; the frozen ones are the public init the server holds) and
+   the data-independent counters of
    ``wire.REPLY_METRICS``. Losses, the number of patients sampled and the wall time are
    data-dependent and unaccounted: they go to the site's own ``log.jsonl`` in its state dir.
 
@@ -37,7 +39,7 @@ from fedsynth.client import state as site_state
 from fedsynth.client.site import SiteIdentity, check_site_policy, identify_site, load_site_data
 from fedsynth.common import wire
 from fedsynth.common.config import Config, config_to_yaml
-from fedsynth.common.errors import FedsynthError, PrivacyBudgetError
+from fedsynth.common.errors import ConfigError, FedsynthError, PrivacyBudgetError
 from fedsynth.common.gan.trainer import LocalTrainer, StepReport
 from fedsynth.common.io.atomic import append_jsonl
 from fedsynth.common.io.checkpoints import load_checkpoint, save_checkpoint
@@ -165,6 +167,36 @@ def stored_reply(site: SiteIdentity, req: TrainRequest) -> RecordDict | None:
     return reply_content({k: v.numpy() for k, v in c.tensors.items()}, metrics)
 
 
+def load_global(trainer: LocalTrainer, req: TrainRequest) -> None:
+    """Put the request's generator into ``trainer``: the whole generator, or (``exchange`` =
+    ``trainable``) exactly the trainable set, laid over frozen parameters that must equal
+    the server's (``frozen-digest``). ConfigError naming ``privacy.trainable`` otherwise:
+    training trainable parameters over someone else's frozen ones would be silently wrong."""
+    source = f"global generator of round {req.server_round}"
+    trainable = trainer.trainable if req.exchange == wire.EXCHANGE_TRAINABLE else None
+    held = trainer.get_generator_weights()
+    problems = wire.received_problems(req.weights, held, trainable)
+    if problems:
+        raise ConfigError(
+            "privacy.trainable",
+            f"the {source} does not fit this site's generator "
+            f"(privacy.trainable={req.cfg.privacy.trainable}): {problems[0]}",
+        )
+    if set(req.weights) == set(held):
+        trainer.set_generator_weights(req.weights, source=source)
+        return
+    mine = wire.frozen_digest(held, trainer.trainable)
+    if mine != req.frozen_digest:
+        raise ConfigError(
+            "privacy.trainable",
+            f"the {source} carries only the trainable parameters, but this site's frozen "
+            f"parameters differ from the server's (digest {mine[:12]} vs "
+            f"{req.frozen_digest[:12] or 'none sent'}): the site did not keep the round-1 "
+            "generator, or starts from another model.init",
+        )
+    trainer.set_generator_weights({**held, **req.weights}, source=source)
+
+
 def train_round(site: SiteIdentity, req: TrainRequest) -> RecordDict:
     """One round at ``site`` (see the module docstring)."""
     check_site_policy(req.cfg, site)
@@ -179,13 +211,13 @@ def train_round(site: SiteIdentity, req: TrainRequest) -> RecordDict:
     except PrivacyBudgetError as e:
         log.warning("%s declines round %d: %s", site.name, req.server_round, e)
         return reply_content(None, reply_metrics(trainer, site, None))
-    trainer.set_generator_weights(
-        req.weights, source=f"global generator of round {req.server_round}"
-    )
+    load_global(trainer, req)
     report = trainer.train_steps(steps)
     save_trainer(site, trainer)
     log_locally(site, req.server_round, report)
     weights = trainer.get_generator_weights()
+    if req.exchange == wire.EXCHANGE_TRAINABLE:  # the frozen rest is the server's already
+        weights = wire.trainable_part(weights, trainer.trainable)
     metrics = reply_metrics(trainer, site, report)
     store_reply(site, req, weights, metrics)
     return reply_content(weights, metrics)

@@ -236,6 +236,7 @@ class StudyConfig:
 
     arms: list[str] = field(default_factory=lambda: list(STUDY_ARMS))
     segmentation: bool = True  # per arm: synthesise, then the benchmark's synthetic arms
+    segmentation_arms: list[str] | None = None  # arms that get the benchmark (None: all)
     audit: bool = True  # per arm: membership inference and memorisation audit
 
 
@@ -249,6 +250,9 @@ BENCHMARK_ARMS: tuple[str, ...] = (
     "public-only",  # synthetic cohort of a generator that never saw site data (needs
     # benchmark.public_checkpoint): what a site gets without the consortium
 )
+
+
+BENCHMARK_SITES = ("all", "smallest")  # which sites the per-site arms train a model for
 
 
 @dataclass
@@ -271,8 +275,11 @@ class BenchmarkConfig:
     eval_every: int = 100  # steps between validation scores (the learning curve's points)
     patience: int = 4  # evaluations without a validation Dice gain > min_delta: stop
     min_delta: float = 0.005  # smallest validation Dice gain that counts as progress
+    lr_decay: float = 0.5  # lr factor after 2 evaluations without a gain (1.0: constant lr)
+    postprocess: bool = True  # drop small predicted tumours (threshold chosen on validation)
     public_checkpoint: str | None = None  # generator that never saw site data (public-only)
     workers: int = 1  # processes training arms in parallel (each with 1 torch thread if > 1)
+    sites: str = "all"  # per-site arms (local, local+synthetic, ...): "all" or "smallest" only
     synthetic_cases: int = 40  # cases synthesised when the benchmark is given --checkpoint
     finetune_steps: int = 100  # synthetic->finetune: steps on the site's real data
     finetune_lr: float = 5e-4
@@ -497,6 +504,10 @@ def _check_benchmark(b: BenchmarkConfig) -> None:
     for key in ("res_units", "min_delta"):
         if getattr(b, key) < 0:
             raise ConfigError(f"benchmark.{key}", f"must be >= 0, got {getattr(b, key)}")
+    if b.sites not in BENCHMARK_SITES:
+        raise ConfigError("benchmark.sites", f"must be one of {BENCHMARK_SITES}, got {b.sites!r}")
+    if not 0 < b.lr_decay <= 1:
+        raise ConfigError("benchmark.lr_decay", f"must be in (0, 1], got {b.lr_decay}")
     if not 0 < b.eval_every <= b.steps:
         raise ConfigError(
             "benchmark.eval_every", f"must be in [1, benchmark.steps], got {b.eval_every}"

@@ -4,11 +4,23 @@ A train request (server -> site) is Flower's RecordDict with
 
 - ``ARRAYS``: ArrayRecord, the global generator (state_dict names -> float32 arrays);
 - ``CONFIG``: ConfigRecord with ``config-yaml`` (the run's resolved config as plain YAML),
-  ``run-dir`` (where simulated sites keep their state), ``rounds`` (planned rounds) and
-  ``server-round`` (set by Flower's strategy).
+  ``run-dir`` (where simulated sites keep their state), ``rounds`` (planned rounds),
+  ``server-round`` (set by Flower's strategy) and, when ``privacy.trainable`` is not ``all``,
+  ``exchange`` = ``trainable`` and ``frozen-digest`` (below).
 
-A reply (site -> server) is exactly ``ARRAYS`` (the site's generator; empty when it declined)
-and ``METRICS``: a MetricRecord with exactly the keys of ``REPLY_METRICS``. Every one of them
+**Only the trainable set travels.** With ``privacy.trainable`` other than ``all`` the frozen
+parameters never change: they are the round-1 generator (the public ``model.init``), which
+both sides already hold. So a request with ``exchange`` = ``trainable`` carries the whole
+generator in round 1 and only the trainable parameters after it, plus ``frozen-digest``, the
+sha256 of the frozen parameters the server holds (``frozen_digest``); the site checks its own
+frozen parameters against it and refuses a mismatch, and refuses arrays that are neither the
+whole generator nor exactly its trainable set. The site then replies with exactly the
+trainable parameters, which the server aggregates and merges into its full generator
+(``merge_trainable``). A request without ``exchange`` (an older server) means ``all``: whole
+generators both ways.
+
+A reply (site -> server) is exactly ``ARRAYS`` (the site's generator, or its trainable part
+when the request says ``exchange`` = ``trainable``; empty when it declined) and ``METRICS``: a MetricRecord with exactly the keys of ``REPLY_METRICS``. Every one of them
 is either DP-accounted or independent of patient data (the ``status`` of each entry says
 which); losses, the number of patients sampled and wall time stay in the site's own log.
 
@@ -20,7 +32,7 @@ read its own environment back into error messages or replies.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +45,8 @@ from fedsynth.common.errors import ConfigError
 
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"  # record names (Flower's defaults)
 CONFIG_YAML, RUN_DIR, ROUNDS, SERVER_ROUND = "config-yaml", "run-dir", "rounds", "server-round"
+EXCHANGE, FROZEN_DIGEST = "exchange", "frozen-digest"  # optional request keys (see above)
+EXCHANGE_ALL, EXCHANGE_TRAINABLE = "all", "trainable"  # values of EXCHANGE
 WEIGHT_KEY = "num-examples"  # FedAvg's weight
 
 # Privacy status of a reply value.
@@ -94,6 +108,8 @@ class TrainRequest:
     run_dir: str
     weights: dict[str, np.ndarray]
     digest: str  # sha256 of the global weights: identifies a repeated request
+    exchange: str = EXCHANGE_ALL  # EXCHANGE_TRAINABLE: reply with the trainable set only
+    frozen_digest: str = ""  # with EXCHANGE_TRAINABLE: the server's frozen_digest
 
 
 def parse_request(content: RecordDict) -> TrainRequest:
@@ -107,6 +123,11 @@ def parse_request(content: RecordDict) -> TrainRequest:
     if missing:
         raise ConfigError(missing[0], "missing from the train message's config record")
     weights = weights_of(content.array_records[ARRAYS])
+    exchange = str(config.get(EXCHANGE, EXCHANGE_ALL))
+    if exchange not in (EXCHANGE_ALL, EXCHANGE_TRAINABLE):
+        raise ConfigError(
+            EXCHANGE, f"must be {EXCHANGE_ALL!r} or {EXCHANGE_TRAINABLE!r}, got {exchange!r}"
+        )
     return TrainRequest(
         cfg=parse_config_yaml(str(config[CONFIG_YAML])),
         server_round=int(config[SERVER_ROUND]),  # type: ignore[arg-type]
@@ -114,6 +135,8 @@ def parse_request(content: RecordDict) -> TrainRequest:
         run_dir=str(config[RUN_DIR]),
         weights=weights,
         digest=weights_digest(weights),
+        exchange=exchange,
+        frozen_digest=str(config.get(FROZEN_DIGEST, "")),
     )
 
 
@@ -161,6 +184,45 @@ def weights_digest(weights: Mapping[str, np.ndarray]) -> str:
         h.update(k.encode())
         h.update(np.ascontiguousarray(weights[k]).tobytes())
     return h.hexdigest()
+
+
+def trainable_part(
+    weights: Mapping[str, np.ndarray], trainable: Iterable[str]
+) -> dict[str, np.ndarray]:
+    """The arrays of ``weights`` named in ``trainable`` (what travels after round 1)."""
+    return {k: weights[k] for k in sorted(trainable)}
+
+
+def frozen_digest(weights: Mapping[str, np.ndarray], trainable: Iterable[str]) -> str:
+    """sha256 of the arrays of ``weights`` NOT in ``trainable``: the frozen parameters."""
+    keep = set(trainable)
+    return weights_digest({k: v for k, v in weights.items() if k not in keep})
+
+
+def merge_trainable(
+    full: Mapping[str, np.ndarray], part: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """``full`` with the arrays of ``part`` (the aggregated trainable set) put in; KeyError if
+    ``part`` names an array ``full`` lacks (the server checked the keys before)."""
+    unknown = sorted(set(part) - set(full))
+    if unknown:
+        raise KeyError(f"arrays outside the generator: {unknown[:5]}")
+    return {**full, **part}
+
+
+def received_problems(
+    keys: Iterable[str], full: Iterable[str], trainable: Iterable[str] | None
+) -> list[str]:
+    """How the array names of a request differ from what a site accepts: its whole generator
+    (``full``), or with a trainable set exactly ``trainable``; [] if they fit."""
+    got, whole = set(keys), set(full)
+    if got == whole or (trainable is not None and got == set(trainable)):
+        return []
+    candidates = [whole] if trainable is None else [whole, set(trainable)]
+    want = min(candidates, key=lambda c: len(got ^ c))  # name the nearer one in the message
+    extra, missing = sorted(got - want), sorted(want - got)
+    what = "the whole generator" if want == whole else "its trainable set"
+    return [f"{len(got)} arrays, not {what} ({len(want)}): extra {extra[:5]}, missing {missing[:5]}"]
 
 
 # -- reply --------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from fedsynth.common import wire
 from fedsynth.common.config import Config, load_config
 from fedsynth.common.errors import ConfigError
 from fedsynth.common.gan.init import apply_init, load_init
+from fedsynth.common.gan.trainable import select_trainable
 from fedsynth.common.io.atomic import mark_output
 from fedsynth.common.models.registry import build_generator
 from fedsynth.common.rundir import RunDir
@@ -85,6 +86,14 @@ def initial_generator(cfg: Config) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
 
 
+def trainable_names(cfg: Config) -> list[str] | None:
+    """The generator parameters ``privacy.trainable`` trains, as the sites select them (None
+    for ``all``): the only arrays exchanged after round 1."""
+    if cfg.privacy.trainable == "all":
+        return None
+    return select_trainable(build_generator(cfg.model), cfg.privacy.trainable)
+
+
 def to_array_record(weights: dict[str, np.ndarray]) -> ArrayRecord:
     return wire.generator_record(weights)
 
@@ -125,7 +134,7 @@ def run_server(grid: Grid, settings: ServerSettings) -> checkpointing.ServerStat
         return state
     strategy = build_strategy(
         cfg, expected_sites=settings.expected_sites, round_offset=state.round,
-        declared=state.declared,
+        declared=state.declared, trainable=trainable_names(cfg),
     )  # fmt: skip
     recorder.strategy = strategy
     try:

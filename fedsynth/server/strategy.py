@@ -19,6 +19,12 @@ keyed by the node id the engine authenticated; the site name a reply claims is o
 bound to the first node that claims it (or to the node ``federation.site_nodes`` lists): a
 second node claiming a bound name, or two nodes claiming one name in one round, are refused.
 
+With ``privacy.trainable`` other than ``all`` (``trainable`` names given to
+``build_strategy``) only the trainable parameters travel after round 1, both ways
+(``fedsynth.common.wire``): replies are screened against the trainable set, Flower's rule
+aggregates them, and the result is merged into the full generator kept here, which Flower's
+loop then holds, checkpoints and evaluates. Frozen parameters stay the round-1 generator's.
+
 The outcome of each round (one ``SiteOutcome`` per site) is kept on ``last_round`` for the
 ServerApp's per-round hook, which writes metrics and checkpoints.
 
@@ -116,7 +122,8 @@ def check_update(
     if keys != expected:
         extra, missing = sorted(keys - expected), sorted(expected - keys)
         problems.append(
-            f"array keys differ from the generator's: extra {extra[:5]}, missing {missing[:5]}"
+            f"array keys differ from the generator's arrays requested: extra {extra[:5]}, "
+            f"missing {missing[:5]}"
         )
         return problems
     for key, array in arrays.items():
@@ -182,18 +189,32 @@ class GeneratorUpdates:
         self.round_offset = round_offset  # rounds completed before this start() (resume)
         self.last_round = None
         self.declared = dict(declared or {})  # kept in the server state across a resume
+        self.trainable: list[str] | None = None  # exchanged arrays; None: all (set_trainable)
         self._reference: dict[str, tuple[tuple[int, ...], str]] = {}
-        self._global: dict[str, np.ndarray] | None = None  # weights sent this round
+        self._global: dict[str, np.ndarray] | None = None  # exchanged global weights this round
+        self._full: dict[str, np.ndarray] = {}  # the whole global generator this round
         self._bound = math.inf
         self._sent_to: list[int] = []
         self._owners: dict[str, int] = {}  # site name -> the node id that owns it
         self._names: dict[int, str] = {}  # node id -> its site name (bound)
         self._labels: dict[int, str] = {}  # node id -> name seen in an error (unverified)
 
+    def set_trainable(self, names: Iterable[str] | None) -> None:
+        """Exchange only the arrays ``names`` after round 1 (None: the whole generator)."""
+        self.trainable = None if names is None else sorted(names)
+
     def set_global(self, arrays: ArrayRecord) -> None:
-        """The global generator sent this round: the reference for shapes and update norms."""
-        self._reference = array_spec(arrays)
-        self._global = {k: a.numpy() for k, a in arrays.items()}
+        """The global generator of this round: the exchanged part of it is the reference for
+        the replies' keys, shapes and update norms (P of the bound counts only it)."""
+        self._full = {k: a.numpy() for k, a in arrays.items()}
+        missing = sorted(set(self.trainable or ()) - set(self._full))
+        if missing:
+            raise ConfigError(
+                "privacy.trainable", f"names arrays the generator does not have: {missing[:5]}"
+            )
+        exchanged = self._full if self.trainable is None else wire.trainable_part(self._full, self.trainable)
+        self._global = exchanged
+        self._reference = {k: (tuple(a.shape), str(a.dtype)) for k, a in exchanged.items()}
         self._bound = bounds.norm_bound(
             self._global, self.fed.update_norm_factor, lr=self.lr, steps=self.fed.local_steps
         )
@@ -202,9 +223,13 @@ class GeneratorUpdates:
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.set_global(arrays)
-        messages = list(
-            super().configure_train(server_round + self.round_offset, arrays, config, grid)
-        )  # type: ignore[misc]
+        server_round += self.round_offset
+        if self.trainable is not None:
+            config[wire.EXCHANGE] = wire.EXCHANGE_TRAINABLE
+            config[wire.FROZEN_DIGEST] = wire.frozen_digest(self._full, self.trainable)
+            if server_round > 1:  # the sites hold the round-1 generator's frozen parameters
+                arrays = wire.generator_record(self._global or {})
+        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
         self._sent_to = [m.metadata.dst_node_id for m in messages]
         return messages
 
@@ -228,9 +253,12 @@ class GeneratorUpdates:
         if len(accepted) >= self.min_sites:
             self.warn_if_weak(server_round, len(accepted))
             arrays, _ = super().aggregate_train(server_round, accepted)  # type: ignore[misc]
-            bad = bounds.non_finite_keys({k: a.numpy() for k, a in (arrays or {}).items()})
+            merged = self._merged({k: a.numpy() for k, a in (arrays or {}).items()})
+            bad = bounds.non_finite_keys(merged)
             if bad:  # e.g. finite updates whose weighted sum overflows float32
                 arrays, reason = None, f"the aggregate has non-finite values in {bad[:3]}"
+            elif arrays is not None:
+                arrays = wire.generator_record(merged)
         else:
             reason = f"{len(accepted)} accepted updates, fewer than federation.min_sites={self.min_sites}"
         if reason:
@@ -240,6 +268,12 @@ class GeneratorUpdates:
         outcomes.sort(key=lambda o: o.site)
         self.last_round = RoundOutcome(server_round, outcomes, arrays is not None, reason)
         return arrays, round_metrics(self.last_round)
+
+    def _merged(self, aggregate: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The aggregate of the exchanged arrays put into the full global generator."""
+        if self.trainable is None or not self._full:  # whole generators (or a unit test)
+            return aggregate
+        return wire.merge_trainable(self._full, aggregate)
 
     def warn_if_weak(self, server_round: int, accepted: int) -> None:
         """Hook: log when this round's rule cannot protect what it promises (see subclasses)."""
@@ -527,12 +561,15 @@ def build_strategy(
     expected_sites: int,
     round_offset: int = 0,
     declared: Mapping[str, float] | None = None,
+    trainable: Iterable[str] | None = None,
 ) -> FedAvg:
     """The strategy of ``cfg.federation.aggregation``, training every connected site each round.
 
     ``expected_sites``: the strategy waits until that many sites are connected before the
     first round. Federated evaluation is off (held-out evaluation happens at the server).
     ``declared``: each site's first-round patient count (weight cap) of a resumed run.
+    ``trainable``: the generator's parameters ``privacy.trainable`` trains (None: ``all``);
+    only they are exchanged after round 1 and aggregated.
     """
     fed = cfg.federation
     cls = strategy_class(fed.aggregation)
@@ -556,4 +593,5 @@ def build_strategy(
     strategy._expected = expected_sites
     strategy.lr = cfg.train.lr
     strategy._setup(fed, round_offset=round_offset, declared=declared)
+    strategy.set_trainable(trainable)
     return strategy  # type: ignore[return-value]
