@@ -122,9 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    points = []
+    points: list[dict] = []
+    result: dict = {"config": args.config, "set": args.set, "points": points}
+    result["machine_gib"] = machine_gib()
     for k in args.sites:
         points.append(run_sites(args, k, out))
+        # Saved after every count: a run stopped at the next (larger) one keeps this one.
+        (out / "sites.json").write_text(json.dumps(result, indent=2) + "\n")
         pt = points[-1]
         print(
             f"{k:4d} sites: peak RSS {pt['peak_gib']:.2f} GiB ({1024 * pt['gib_per_site']:.0f} MiB"
@@ -132,8 +136,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{pt['site_rounds_ok']} site-rounds ok, wall {pt['wall_s']:.0f} s",
             flush=True,
         )
-    result: dict = {"config": args.config, "set": args.set, "points": points}
-    result["machine_gib"] = machine_gib()
     if len(points) > 1:
         ks = np.array([x["sites"] for x in points], float)
         slope, base = np.polyfit(ks, np.array([x["peak_gib"] for x in points]), 1)
