@@ -42,9 +42,13 @@ def site_privacy_entry(
 
 
 def write_federated_privacy(
-    run_dir: Path, cfg: Config, sites: dict[str, dict[str, Any]]
+    run_dir: Path,
+    cfg: Config,
+    sites: dict[str, dict[str, Any]],
+    pretrained_on: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``run_dir/privacy.json`` from the per-site entries; return what was written."""
+    """Write ``run_dir/privacy.json`` from the per-site entries; return what was written.
+    ``pretrained_on``: the public pre-training of ``model.init`` (``public_pretraining``)."""
     entries = {
         name: SitePrivacy(
             epsilon=math.inf if e["epsilon"] is None else float(e["epsilon"]),
@@ -65,4 +69,5 @@ def write_federated_privacy(
         reproducible_noise=cfg.privacy.insecure_reproducible_noise,
         target_epsilon=cfg.privacy.target_epsilon,
         sites=entries,
+        pretrained_on=pretrained_on,
     )

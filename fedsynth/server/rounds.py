@@ -40,6 +40,7 @@ import numpy as np
 from flwr.app import ArrayRecord, MetricRecord
 
 from fedsynth.common.config import Config
+from fedsynth.common.gan.init import public_pretraining
 from fedsynth.common.io.atomic import append_jsonl
 from fedsynth.common.privacy.binding import PRIVACY_KEY, checkpoint_summary
 from fedsynth.common.progress import progress_bar
@@ -116,6 +117,8 @@ class RoundRecorder:
         self.release = ReleaseEMA(
             cfg.federation.release_ema, checkpointing.load_release(run_dir, state)
         )
+        # The public data model.init was pre-trained on: privacy.json names it (read once).
+        self.pretrained_on = public_pretraining(cfg.model.init, {})
         self._round_started = time.perf_counter()
         local = cfg.federation.local_steps
         # A resumed server hides what a killed attempt logged after the committed round.
@@ -287,4 +290,6 @@ class RoundRecorder:
         before any site reported)."""
         if not self.state.sites:
             return None
-        return write_federated_privacy(self.run_dir, self.cfg, self.state.sites)
+        return write_federated_privacy(
+            self.run_dir, self.cfg, self.state.sites, pretrained_on=self.pretrained_on
+        )
