@@ -442,7 +442,7 @@ def test_server_killed_mid_run_resumes_from_the_last_completed_round(tmp_path, s
     # The EMA release survived the kill: it averages every aggregated round, not only those
     # after the restart.
     aggregated = sum(r["aggregated"] for r in rows if r["kind"] == "round")
-    assert committed["release_rounds"] == aggregated == 3
+    assert aggregated >= killed_at and committed["release_rounds"] == aggregated
     released = checkpointing.load_generator(run_dir / "checkpoints" / "generator.safetensors")
     ema = checkpointing.load_generator(run_dir / "checkpoints" / committed["release"])
     assert all(np.array_equal(released[k], ema[k]) for k in ema)
