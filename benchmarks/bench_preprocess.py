@@ -19,6 +19,9 @@ Targets (issue 17), printed as ratios: load + preprocess of one real case at 128
 
 from __future__ import annotations
 
+import fedsynth  # noqa: F401 -- first: sets OMP_WAIT_POLICY=PASSIVE before torch loads
+
+# isort: split
 import argparse
 import dataclasses
 import json

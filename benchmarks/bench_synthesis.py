@@ -22,6 +22,9 @@ Writes results.json under --out.
 
 from __future__ import annotations
 
+import fedsynth  # noqa: F401 -- first: sets OMP_WAIT_POLICY=PASSIVE before torch loads
+
+# isort: split
 import argparse
 import os
 import statistics

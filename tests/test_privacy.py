@@ -21,7 +21,7 @@ from fedsynth.common.gan.trainer import LocalTrainer
 from fedsynth.common.models.registry import build_discriminator, build_generator
 from fedsynth.common.privacy.accountant import PrivacyAccountant
 from fedsynth.common.privacy.dp import (
-    DEFAULT_GRAD_SAMPLE_MODE,
+    GRAD_SAMPLE_MODES,
     PatientDP,
     accounted_noise_multiplier,
     calibrate_noise_multiplier,
@@ -101,21 +101,23 @@ def _channels_last_condition(b: int, size: int) -> torch.Tensor:
 
 
 def _check_per_sample(net, inputs, mode: str) -> None:
-    """Per-sample gradients of ``mode`` equal single-sample backward passes."""
+    """Per-sample gradients of ``mode`` equal single-sample backward passes (trainable
+    parameters)."""
     reference = []
+    trainable = [p for p in net.parameters() if p.requires_grad]
     for i in range(inputs[0].shape[0]):
         net.zero_grad()
         net(*(x[i : i + 1].contiguous() for x in inputs)).square().sum().backward()
-        reference.append([p.grad.clone() for p in net.parameters()])
+        reference.append([p.grad.clone() for p in trainable])
     dp = PatientDP(net, noise_multiplier=0.0, max_grad_norm=1.0, expected_batch_size=2,
                    generator=torch.Generator(), grad_sample_mode=mode)  # fmt: skip
     dp.module(*inputs).square().sum().backward()
     for i, ref in enumerate(reference):
-        for got, want in zip(_per_sample(net.parameters()), ref, strict=True):
+        for got, want in zip(_per_sample(trainable), ref, strict=True):
             torch.testing.assert_close(got[i], want, rtol=1e-3, atol=1e-5 * want.abs().max())
 
 
-@pytest.mark.parametrize("mode", [DEFAULT_GRAD_SAMPLE_MODE, "functorch"])
+@pytest.mark.parametrize("mode", GRAD_SAMPLE_MODES)
 def test_per_sample_gradients_are_exact_on_the_default_networks(mode):
     # The full-size default U-Net (4 levels, 32..256 channels) and PatchGAN at 64 px, fed a
     # channels-last condition as the data pipeline makes it.
@@ -404,5 +406,114 @@ def test_conv_transpose_per_sample_gradient_formula_matches_single_sample_backwa
         torch.nn.LeakyReLU(0.2),
         torch.nn.ConvTranspose2d(6, 2, 4, stride=2, padding=1, bias=False),
     )
-    _check_per_sample(net, (torch.randn(2, 4, 9, 7),), "hooks")
-    assert torch.nn.ConvTranspose2d in GradSampleModule.GRAD_SAMPLERS
+    x, twin = torch.randn(2, 4, 9, 7), copy.deepcopy(net)
+    _check_per_sample(net, (x,), "hooks")
+    _check_per_sample(twin, (x,), "fast")
+    assert torch.nn.ConvTranspose2d not in GradSampleModule.GRAD_SAMPLERS  # global table intact
+
+
+@pytest.mark.parametrize("frozen_weights", [False, True])
+def test_fast_conv2d_formula_matches_single_sample_backward(frozen_weights):
+    # Both paths of grad_samplers.conv2d_grad_sample: the grouped convolution (input
+    # channels per group a multiple of 8) and one call per sample (7 and 11 channels, as
+    # the first layers of G and D); strided, dilated, grouped, even kernel; and frozen
+    # weights (norm+bias fine-tuning: bias gradients only, nothing unfolded).
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(7, 16, 3, padding=1),
+        torch.nn.LeakyReLU(0.2),
+        torch.nn.Conv2d(16, 16, 4, stride=2, padding=1, groups=2),
+        torch.nn.Conv2d(16, 11, 3, padding=2, dilation=2),
+        torch.nn.Conv2d(11, 8, 4, stride=2, padding=1),
+        torch.nn.Conv2d(8, 8, 3, padding=1, bias=False),
+    )
+    if frozen_weights:
+        for name, p in net.named_parameters():
+            p.requires_grad_(name.endswith("bias"))
+    _check_per_sample(net, (torch.randn(3, 7, 13, 11),), "fast")
+    if frozen_weights:
+        assert all(getattr(p, "grad_sample", None) is None
+                   for p in net.parameters() if not p.requires_grad)  # fmt: skip
+
+
+def _clipped_sum(network, per_patient_loss, patients: int) -> tuple[list[torch.Tensor], float]:
+    """(sum_i clip(g_i), C): g_i the gradient of patient i's loss alone (its own backward
+    pass) over the trainable parameters of network; C between the two largest norms, so
+    that one patient is scaled down and the others are used as they are."""
+    params = [p for p in network.parameters() if p.requires_grad]
+    grads = [torch.autograd.grad(per_patient_loss(i), params) for i in range(patients)]
+    norms = [float(torch.cat([g.flatten() for g in gi]).norm()) for gi in grads]
+    high = sorted(norms)[-2:]
+    clip = (high[0] + high[1]) / 2
+    total = [torch.zeros_like(p) for p in params]
+    for gi, norm in zip(grads, norms, strict=True):
+        scale = min(1.0, clip / (norm + 1e-6))
+        total = [t + scale * g for t, g in zip(total, gi, strict=True)]
+    return total, clip
+
+
+@pytest.mark.parametrize("trainable", ["all", "norm+bias"])
+@pytest.mark.parametrize("mode", ["fast", "hooks"])
+def test_dp_step_is_the_clipped_sum_of_single_patient_gradients(mode, trainable):
+    # One full DP iteration (D step then G step) on the demo networks, 2 views of 3 patients,
+    # no noise, a clip that binds for some patients only: each network's update must be the sum
+    # of its per-patient gradients, each from that patient's own backward pass (real + fake
+    # terms of all its views for D) and clipped to C, divided by the expected batch size.
+    from fedsynth.common.config import load_config
+    from fedsynth.common.gan.trainable import select_trainable
+
+    cfg = load_config("configs/demo.yaml", [])
+    torch.manual_seed(0)
+    g, d = build_generator(cfg.model), build_discriminator(cfg.model)
+    select_trainable(g, trainable)
+    b, views, expected = 3, 2, 2.5
+    cache = fake_cache(size=32)
+    sampler = PatientSampler(cache, 1.0, 0.7, 0)
+    cond, real = sampler.batch(sampler.sample(np.random.default_rng(0))[: b * views])
+    g0, d0 = copy.deepcopy(g), copy.deepcopy(d)
+    loss = Pix2PixLoss()
+    rows = [[v * b + i for v in range(views)] for i in range(b)]
+
+    fake0 = g0(cond).detach()
+
+    def d_loss(i):
+        r = rows[i]
+        logits = d0(torch.cat([cond[r], cond[r]]), torch.cat([real[r], fake0[r]]))
+        return loss.discriminator_terms(logits, len(r)).sum() / views
+
+    want_d, clip_d = _clipped_sum(d0, d_loss, b)
+    d_after = copy.deepcopy(d0)  # G's step sees D after its update
+    with torch.no_grad():
+        for p, s in zip(d_after.parameters(), want_d, strict=True):
+            p -= s / expected
+    for p in d_after.parameters():
+        p.requires_grad_(False)
+
+    def g_loss(i):
+        r = rows[i]
+        fake = g0(cond[r])
+        adv, l1 = loss.generator(d_after(cond[r], fake), fake, real[r])
+        return (adv + l1).sum() / views
+
+    want_g, clip_g = _clipped_sum(g0, g_loss, b)
+
+    kw = dict(noise_multiplier=0.0, expected_batch_size=expected, generator=torch.Generator(),
+              grad_sample_mode=mode)  # fmt: skip
+    sgd = torch.optim.SGD
+    parts = GanParts(
+        generator=g, discriminator=d, loss=loss,
+        opt_g=sgd([p for p in g.parameters() if p.requires_grad], lr=1.0),
+        opt_d=sgd(d.parameters(), lr=1.0),
+        dp_d=PatientDP(d, max_grad_norm=clip_d, **kw), dp_g=PatientDP(g, max_grad_norm=clip_g, **kw),
+    )  # fmt: skip
+    train_step(parts, cond, real, views=views)
+    for net, before, want in ((d, d0, want_d), (g, g0, want_g)):
+        trained = [(p, q) for p, q in zip(net.parameters(), before.parameters(), strict=True)
+                   if p.requires_grad]  # fmt: skip
+        assert len(trained) == len(want)
+        got = torch.cat([(q.detach() - p.detach()).flatten() for p, q in trained])
+        ref = torch.cat([w.flatten() for w in want]) / expected
+        assert float((got - ref).norm() / ref.norm()) < 1e-4  # float32 round-off: ~1e-6
+        frozen = [(p, q) for p, q in zip(net.parameters(), before.parameters(), strict=True)
+                  if not p.requires_grad]  # fmt: skip
+        assert all(torch.equal(p, q) for p, q in frozen)

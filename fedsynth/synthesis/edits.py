@@ -79,8 +79,9 @@ def core_enclosed(labels: np.ndarray, brain: np.ndarray) -> bool:
     whole, core, _ = tumour_regions(labels)
     if not core.any():
         return False
-    healthy = brain & ~whole
-    return not np.any(ndimage.binary_dilation(core) & healthy)
+    box = _box(core, margin=1)  # a one-voxel dilation reaches no further
+    healthy = brain[box] & ~whole[box]
+    return not np.any(ndimage.binary_dilation(core[box]) & healthy)
 
 
 def fill_tissue(tissue: np.ndarray, brain: np.ndarray, holes: np.ndarray) -> np.ndarray:
@@ -97,9 +98,7 @@ def fill_tissue(tissue: np.ndarray, brain: np.ndarray, holes: np.ndarray) -> np.
     donors = brain & ~holes & (tissue > 0)
     if not donors.any():
         return out  # nothing to copy from: leave as is (the caller's brain is all hole)
-    lo = np.maximum(np.argwhere(holes).min(axis=0) - _FILL_MARGIN, 0)
-    hi = np.minimum(np.argwhere(holes).max(axis=0) + _FILL_MARGIN + 1, holes.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    box = _box(holes, margin=_FILL_MARGIN)
     if not donors[box].any():
         box = tuple(slice(0, n) for n in holes.shape)
     _, idx = ndimage.distance_transform_edt(~donors[box], return_indices=True)
@@ -113,7 +112,32 @@ def fill_tissue(tissue: np.ndarray, brain: np.ndarray, holes: np.ndarray) -> np.
 
 
 def _centroid(mask: np.ndarray) -> np.ndarray:
-    return np.argwhere(mask).mean(axis=0)
+    """Mean voxel index (float64 (3,)) of a non-empty mask, from its axis projections (the
+    same value as argwhere(mask).mean(0) without listing every voxel)."""
+    total = np.count_nonzero(mask)
+    return np.array([
+        np.dot(np.count_nonzero(mask, axis=tuple(a for a in range(3) if a != k)),
+               np.arange(mask.shape[k])) / total
+        for k in range(3)
+    ])  # fmt: skip
+
+
+def _bounds(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lowest, highest) voxel index (int (3,) each, inclusive) of a non-empty mask."""
+    lo, hi = [], []
+    for k in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != k)))
+        lo.append(hit[0])
+        hi.append(hit[-1])
+    return np.array(lo), np.array(hi)
+
+
+def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """The bounding box of a non-empty mask grown by ``margin`` voxels, clipped to the volume.
+    Edits work inside such boxes: the operations are local, the volumes mostly empty."""
+    lo, hi = _bounds(mask)
+    lo, hi = np.maximum(lo - margin, 0), np.minimum(hi + margin + 1, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 
 def _rotation_matrix(angles_deg: Sequence[float]) -> np.ndarray:
@@ -146,9 +170,9 @@ def _resample_regions(
     whole, core, enh = tumour_regions(src_labels)
     # Output voxel p -> source voxel q = c_src + Vs^-1 L^-1 Vo (p - c_out).
     m = np.diag(1.0 / src_voxel) @ np.linalg.inv(linear) @ np.diag(out_voxel)
-    idx = np.argwhere(whole)
+    lo_idx, hi_idx = _bounds(whole)
     corners = np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=float)
-    lo_src, hi_src = idx.min(axis=0) - 1.0, idx.max(axis=0) + 1.0
+    lo_src, hi_src = lo_idx - 1.0, hi_idx + 1.0
     src_corners = lo_src + corners * (hi_src - lo_src)
     fwd = np.linalg.inv(m)
     out_corners = out_centre + (src_corners - src_centre) @ fwd.T
@@ -183,9 +207,12 @@ def _place_tumour(
     clipped = int(np.count_nonzero(whole & ~target.brain))
     whole = whole & target.brain
     core = core & whole
-    if keep_enclosed:
+    if keep_enclosed and core.any():
         # The core may reach the brain's edge but not healthy brain: erode the tumour-or-outside.
-        core &= ndimage.binary_erosion(whole | ~target.brain, border_value=1)
+        # Only core voxels are read: erode the core's box grown by the structure's reach (the
+        # box's edges inside the volume are never read; at the volume's edge border_value holds).
+        box = _box(core, margin=1)
+        core[box] &= ndimage.binary_erosion(whole[box] | ~target.brain[box], border_value=1)
     labels = regions_to_labels(whole, core, enh)
     tissue = fill_tissue(target.tissue, target.brain, vacated)
     return labels, tissue, clipped
@@ -272,9 +299,8 @@ def remove_tumour(case: LabelCase) -> Edited:
 
 def _relative_target(donor: LabelCase, recipient: LabelCase) -> np.ndarray:
     """Where the donor's tumour centroid lands in the recipient: same place relative to the brain."""
-    d_idx, r_idx = np.argwhere(donor.brain), np.argwhere(recipient.brain)
-    d_lo, d_hi = d_idx.min(axis=0), d_idx.max(axis=0)
-    r_lo, r_hi = r_idx.min(axis=0), r_idx.max(axis=0)
+    d_lo, d_hi = _bounds(donor.brain)
+    r_lo, r_hi = _bounds(recipient.brain)
     rel = (_centroid(donor.labels > 0) - d_lo) / np.maximum(d_hi - d_lo, 1)
     return r_lo + rel * (r_hi - r_lo)
 

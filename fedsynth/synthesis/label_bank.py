@@ -105,7 +105,7 @@ def atlas_case(index: int, voxel_size: float, seed: int, with_tumour: bool) -> L
             mean_radius_mm=ATLAS_MEAN_RADIUS_MM,
             high_grade_prob=ATLAS_HIGH_GRADE_PROB,
         )
-    anatomy = pa.sample_anatomy(
+    anatomy = pa.sample_anatomy_fast(
         template, coords if spec is None else pt.apply_mass_effect(spec, coords)
     )
     # Same rule as the phantom cohort: brain where the tissue fractions sum past one half.

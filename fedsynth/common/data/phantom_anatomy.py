@@ -198,3 +198,44 @@ def sample_anatomy(template: Template, coords_mm: np.ndarray) -> np.ndarray:
             for m in template.maps
         ]
     ).astype(np.float32)
+
+
+def sample_anatomy_fast(template: Template, coords_mm: np.ndarray) -> np.ndarray:
+    """``sample_anatomy`` with torch's trilinear ``grid_sample``: ~5x less CPU (one pass over
+    the three maps, float32, no float64 copy of the coordinates), the same values except in
+    the one-voxel band at the edge of the template's box (grid_sample blends with zero
+    beyond the last voxel, scipy's "constant" mode does not). Used by the atlas label bank
+    (synthesis); the phantom cohort keeps ``sample_anatomy``, so phantom data stay
+    bit-identical to earlier releases.
+
+    coords_mm: float32 (3, X, Y, Z) template world mm -> float32 (3, X, Y, Z) in [0, 1].
+    """
+    import torch  # lazy: phantom generation and the CLI start without torch
+
+    maps = _torch_maps(template.voxel_size)
+    n = np.array(template.maps.shape[1:], np.float64)
+    # world mm -> grid_sample's normalised coordinates (-1 .. 1 over the map's voxel centres,
+    # last grid axis ordered (W, H, D) = map axes (2, 1, 0)), folded into one affine.
+    scale = 2.0 / (n - 1)
+    matrix = (scale[:, None] * template.world_to_vox[:3, :3])[::-1]
+    offset = (scale * template.world_to_vox[:3, 3] - 1.0)[::-1]
+    points = torch.from_numpy(np.ascontiguousarray(coords_mm, np.float32)).reshape(3, -1)
+    grid = torch.addmm(
+        torch.from_numpy(offset.astype(np.float32)), points.T,
+        torch.from_numpy(np.ascontiguousarray(matrix.T, np.float32)),
+    )  # fmt: skip
+    with torch.inference_mode():
+        out = torch.nn.functional.grid_sample(
+            maps, grid.reshape(1, *coords_mm.shape[1:], 3), mode="bilinear",
+            padding_mode="zeros", align_corners=True,
+        )  # fmt: skip
+    return out[0].contiguous().numpy()
+
+
+@functools.lru_cache(maxsize=2)
+def _torch_maps(voxel_size: float):  # -> torch.Tensor (1, 3, X, Y, Z), channels-last
+    import torch
+
+    maps = torch.from_numpy(np.array(load_template(voxel_size).maps))[None]
+    # Channels-last: the three maps of one voxel side by side, one gather per corner.
+    return maps.contiguous(memory_format=torch.channels_last_3d)

@@ -284,13 +284,19 @@ def _cast(path: Path, array: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def save_volume(
-    path: str | Path, array: np.ndarray, affine: np.ndarray, dtype: str | np.dtype = np.float32
+    path: str | Path,
+    array: np.ndarray,
+    affine: np.ndarray,
+    dtype: str | np.dtype = np.float32,
+    *,
+    compresslevel: int = 6,
 ) -> None:
     """Write a 3-D volume as NIfTI-1 (``.nii`` or ``.nii.gz`` from the name), atomically.
 
     array: (X, Y, Z), cast to ``dtype`` (floats are rounded for integer dtypes; values must
     fit). affine: (4, 4) voxel -> world in mm, stored as both qform and sform (code 1,
-    scanner). Gzip output is byte-for-byte reproducible (no timestamp). Raises DataError
+    scanner). Gzip output (``compresslevel`` 1-9) is byte-for-byte reproducible (no timestamp;
+    the committed test fixture depends on level 6). Raises DataError
     naming ``path`` for bad input; in that case nothing is written.
     """
     path = Path(path)
@@ -311,5 +317,5 @@ def save_volume(
     img.header.set_xyzt_units("mm", "sec")
     data = img.to_bytes()
     if path.name.endswith(".gz"):
-        data = gzip.compress(data, compresslevel=6, mtime=0)
+        data = gzip.compress(data, compresslevel=compresslevel, mtime=0)
     atomic_write_bytes(path, data)

@@ -22,26 +22,29 @@ import functools
 import math
 
 import torch
-from opacus import GradSampleModule
 from torch import nn
 
 from fedsynth.common.errors import ConfigError
-from fedsynth.common.privacy import grad_samplers
+from fedsynth.common.privacy import per_sample
 from fedsynth.common.privacy.registry import build_accountant
 
 STEPS_PER_ITERATION = 2  # D step and G step share one sample: sqrt(2) joint sensitivity
-# Opacus grad-sample modes that run on these networks. "hooks" (per-layer formulas from the
-# stored activations and backprops) is exact once every input is contiguous: Opacus's
-# unfold2d assumes the NCHW layout, and a channels-last input (one_hot(...).permute(0, 3,
-# 1, 2) is one) gave per-sample conv gradients off by ~100 % -- PatientDP therefore makes
-# every input contiguous. It also computes per-sample gradients only for parameters with
-# requires_grad=True (functorch recomputes every parameter of a layer). Opacus has no hooks
-# formula for ConvTranspose2d (it would fall back to functorch per layer): fedsynth adds one
-# (grad_samplers.py). "functorch" (vmap over each layer) is kept as the reference. "ew" (expanded weights) cannot handle the
-# U-Net's ConvTranspose. benchmarks/bench_dp_step.py times both and checks them; tests/
-# test_privacy.py checks the default against single-patient backward passes.
-GRAD_SAMPLE_MODES = ("hooks", "functorch")
-DEFAULT_GRAD_SAMPLE_MODE = "hooks"
+# Grad-sample modes that run on these networks (fedsynth.common.privacy.grad_samplers):
+# "fast" (the default): Opacus's hooks mode with fedsynth's Conv2d and ConvTranspose2d
+# formulas (a grouped-convolution weight gradient instead of Opacus's unfolded copy; nothing
+# unfolded for a conv whose weight is frozen). "hooks": Opacus's own formulas (plus
+# ConvTranspose2d, which Opacus lacks). Both are exact once every input is contiguous:
+# Opacus's unfold2d assumes the NCHW layout, and a channels-last input (one_hot(...).permute(
+# 0, 3, 1, 2) is one) gave per-sample conv gradients off by ~100 % -- PatientDP therefore
+# makes every input contiguous. Both compute per-sample gradients only for parameters with
+# requires_grad=True. "functorch" (vmap over each layer) is kept as the reference. "ew"
+# (expanded weights) cannot handle ConvTranspose. Opacus 1.6's ghost clipping has norm
+# formulas only for Linear and Embedding (its fast gradient clipping materialises conv
+# per-sample gradients anyway and adds a second backward pass): not used here.
+# benchmarks/bench_dp_step.py times the modes; tests/test_privacy.py checks each against
+# single-patient backward passes.
+GRAD_SAMPLE_MODES = ("fast", "hooks", "functorch")
+DEFAULT_GRAD_SAMPLE_MODE = "fast"
 _CLIP_EPS = 1e-6  # as in Opacus: avoids dividing by a zero norm
 
 
@@ -106,14 +109,15 @@ def sample_rate_for(batch_size: int, patients: int, where: str = "") -> float:
 class PatientDP:
     """Per-patient clipping and Gaussian noise for one network's gradients.
 
-    ``module`` is wrapped in an Opacus GradSampleModule (loss_reduction="sum": the caller
-    backpropagates the SUM of per-patient losses, so grad_sample[i] is patient i's gradient).
+    ``module`` is wrapped for per-sample gradients (per_sample.wrap; the caller backpropagates
+    the SUM of per-patient losses through ``self.module``, so grad_sample[i] is patient i's
+    gradient). In the default "fast" mode the backward pass leaves ``.grad`` unset.
     Call ``privatise(batch)`` after backward and before the optimiser step; it replaces each
     parameter's ``.grad`` by (sum_i clip(g_i) + N(0, (sigma C)^2)) / expected_batch_size.
 
     Only parameters with ``requires_grad=True`` are privatised (clipped jointly, noised,
     updated); frozen ones get no per-sample gradient, no noise and no update. Freeze them
-    BEFORE building the PatientDP: Opacus decides at wrap time which layers get hooks.
+    BEFORE building the PatientDP: the wrapper decides at wrap time which layers get hooks.
     Tensor inputs of ``module`` are made contiguous (see GRAD_SAMPLE_MODES).
     """
 
@@ -134,10 +138,7 @@ class PatientDP:
                 "privacy", f"{type(module).__name__} has no trainable parameter to privatise"
             )
         module.register_forward_pre_hook(_contiguous_inputs)
-        grad_samplers.register()
-        self.module = GradSampleModule(
-            module, loss_reduction="sum", force_functorch=grad_sample_mode == "functorch"
-        )
+        self.module = per_sample.wrap(module, grad_sample_mode)
         self.noise_multiplier = noise_multiplier
         self.max_grad_norm = max_grad_norm
         self.expected_batch_size = expected_batch_size
