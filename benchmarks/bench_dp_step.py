@@ -12,6 +12,8 @@ generator (``privacy.trainable``; D is always trained whole):
   gradients, clipped, summed, noised), in each grad-sample mode: "hooks" (Opacus's
   GradSampleModule and formulas: the default before issue 17) and "fast" (fedsynth's
   per_sample.py and conv formulas: the default since). ``--modes`` adds "functorch".
+- ``--shares``: also the fast DP step with only D private and with only G private (not a
+  valid DP configuration: the split of the DP cost between the two networks).
 
 The variants take turns step by step, so a change in machine load hits all alike; the
 ratios DP / non-DP are what the script claims, not the absolute times. Each DP mode is also
@@ -55,13 +57,14 @@ def make_parts(
     trainable: str,
     mode: str | None,
     *,
+    private: str = "dg",
     sigma: float = 1.0,
     clip: float = 1.0,
     batch: int = 8,
     opt=torch.optim.Adam,
 ) -> GanParts:
     """G and D of ``config`` (same initial weights every call), G's ``trainable`` set,
-    DP on both in grad-sample ``mode`` (None: the non-DP step)."""
+    DP in grad-sample ``mode`` (None: the non-DP step) on the networks in ``private``."""
     cfg = load_config(config, [])
     torch.manual_seed(0)
     g, d = build_generator(cfg.model), build_discriminator(cfg.model)
@@ -73,8 +76,8 @@ def make_parts(
         opt_g=opt([p for p in g.parameters() if p.requires_grad], lr=2e-4),
         opt_d=opt(d.parameters(), lr=2e-4),
         loss=Pix2PixLoss(),
-        dp_d=PatientDP(d, grad_sample_mode=mode, **kw) if mode else None,
-        dp_g=PatientDP(g, grad_sample_mode=mode, **kw) if mode else None,
+        dp_d=PatientDP(d, grad_sample_mode=mode, **kw) if mode and "d" in private else None,
+        dp_g=PatientDP(g, grad_sample_mode=mode, **kw) if mode and "g" in private else None,
     )  # fmt: skip
 
 
@@ -122,6 +125,11 @@ def measure(args, size: int, trainable: str) -> dict:
     variants = {"plain": make_parts(args.config, trainable, None, batch=args.batch)}
     for mode in args.modes:
         variants[mode] = make_parts(args.config, trainable, mode, batch=args.batch)
+    if args.shares:
+        for private in ("d", "g"):
+            variants[f"fast_{private}_only"] = make_parts(
+                args.config, trainable, "fast", batch=args.batch, private=private
+            )
     g_trainable, g_total = count_parameters(variants["plain"].generator)
     load = os.getloadavg()
     seconds = time_steps(variants, cond, real, views, args.reps)
@@ -139,6 +147,8 @@ def measure(args, size: int, trainable: str) -> dict:
         row[f"{mode}_rel_diff_vs_plain"] = agrees_with_plain(
             args.config, trainable, mode, cond, real, views
         )
+    for name in [v for v in variants if v.endswith("_only")]:
+        row[f"{name}_ratio"] = seconds[name] / plain
     return row
 
 
@@ -153,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--views", type=int, default=None, help="default: the config's train.views")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--shares", action="store_true", help="also D-only and G-only DP steps")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.views is None:
@@ -173,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{size:4d} px, G trainable {trainable:9s} ({row['g_trainable_params']:6d} of "
                   f"{row['g_params']}): non-DP {row['plain_s'] * 1e3:6.1f} ms | {cells} | load "
                   f"{row['load_before'][0]:.2f} -> {row['load_after'][0]:.2f}")  # fmt: skip
+            if args.shares:
+                print(f"      fast DP on D only x{row['fast_d_only_ratio']:.2f}, on G only "
+                      f"x{row['fast_g_only_ratio']:.2f}")  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -54,3 +54,27 @@ def test_cpu_batches_are_capped_by_pixels_not_on_cuda():
     assert slices_per_batch(16, 128, "cpu") == 4
     assert slices_per_batch(16, 256, "cpu") == 1
     assert slices_per_batch(16, 128, "cuda:0") == 16
+
+
+def test_stored_volumes_equal_unslice_then_stored_intensity():
+    # The pipeline's one-pass version against the two documented steps, on an atlas case
+    # (2 mm grid) and generator-like slices that also leave [-1, 1].
+    import numpy as np
+
+    from fedsynth.synthesis.generate import (
+        slice_case,
+        stored_volumes,
+        to_stored_intensity,
+        unslice,
+    )
+    from fedsynth.synthesis.label_bank import atlas_case
+
+    case = atlas_case(0, 4.0, seed=1, with_tumour=True)
+    stack = slice_case(case, 32)
+    rng = np.random.default_rng(0)
+    fake = rng.uniform(-1.2, 1.2, (len(stack.z), 4, 32, 32)).astype(np.float32)
+    want = to_stored_intensity(unslice(fake, stack, case), case.brain)
+    got = stored_volumes(fake, stack, case)
+    assert got.dtype == want.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    assert got[:, ~case.brain].max() == 0 and got[:, case.brain].min() >= 1

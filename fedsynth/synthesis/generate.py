@@ -143,6 +143,26 @@ def to_stored_intensity(volumes: np.ndarray, brain: np.ndarray) -> np.ndarray:
 # level 6 writing cost more CPU than the generator (benchmarks/bench_synthesis.py).
 NIFTI_COMPRESSLEVEL = 1
 
+
+def stored_volumes(fake: np.ndarray, stack: SliceStack, case: LabelCase) -> np.ndarray:
+    """``to_stored_intensity(unslice(fake, stack, case), case.brain)`` computed on the brain's
+    slab only (every brain voxel lies in its bounding box and in a kept slice): the same
+    values with a third of the passes over the volume (measured ~2x less CPU at 2 mm).
+
+    fake: float32 (Z, 4, S, S) in [-1, 1] -> float32 (4, X, Y, Z), int16-ready.
+    """
+    x0, x1, y0, y1, _, _ = stack.bbox
+    h, w = x1 - x0, y1 - y0
+    ph, pw = (stack.side - h) // 2, (stack.side - w) // 2
+    slab = resize_images(fake, stack.side)[:, :, ph : ph + h, pw : pw + w]  # (Z, 4, h, w)
+    slab = np.rint((np.clip(slab, -1.0, 1.0) + 1.0) * INTENSITY_SCALE)
+    np.maximum(slab, 1.0, out=slab)
+    brain = case.brain[x0:x1, y0:y1][:, :, stack.z]  # (h, w, Z)
+    out = np.zeros((len(MODALITIES), *case.shape), np.float32)
+    out[:, x0:x1, y0:y1, stack.z] = np.moveaxis(slab, 0, -1) * brain
+    return out
+
+
 # BraTS files are stored LPS; atlas cases (no source file) are written that way too, so that
 # array-based pipelines mixing real and synthetic cases see both the same way round.
 BRATS_STORED_AXES = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -233,7 +253,7 @@ def synthesize(
             case_id = synthetic_id(i)
             stack = slice_case(case, gen.image_size)
             fake = generate_slices(gen.module, stack, cfg.synthesis.batch_size, device)
-            volumes = to_stored_intensity(unslice(fake, stack, case), case.brain)
+            volumes = stored_volumes(fake, stack, case)
             writer.submit(write_case, tmp / case_id, case_id, case, volumes)
             n_slices += len(stack.z)
             provenance.append({"case": case_id, **case.provenance()})
