@@ -359,7 +359,16 @@ def test_resume_continues_and_sites_refuse_beyond_their_budget(tmp_path, shared_
     )
     cfg2, same_dir = resolve_run(args)
     assert same_dir == run_dir.resolve() and cfg2.federation.rounds == 2
-    assert simulate(cfg2, run_dir) == 2
+    from fedsynth.cli import main
+    from fedsynth.cli.simulate import EXIT_ROUNDS_FAILED
+
+    # Round 2 releases nothing (every site declines): the command says so with its status.
+    resume = ["simulate", "--resume", str(run_dir), "federation.rounds=2"]
+    assert main(resume) == EXIT_ROUNDS_FAILED
+    assert checkpointing.load_state(run_dir).round == 2
+    privacy = json.loads((run_dir / "privacy.json").read_text())
+    assert [(u["round"], u["charged"]) for u in privacy["unreleased_rounds"]] == [(2, [])]
+    assert "round 2 (0 accepted updates" in privacy["statement"]
 
     rows = _read_jsonl(run_dir / "metrics.jsonl")
     assert [r["round"] for r in rows if r["kind"] == "round"] == [1, 2]

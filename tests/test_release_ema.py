@@ -109,3 +109,25 @@ def test_without_ema_the_last_aggregate_is_released(tmp_path):
     agg = _aggregate(cfg, 1)
     assert all(np.array_equal(released[k], agg[k]) for k in agg)
     assert not list(RunDir(tmp_path).checkpoints.glob("release_*"))
+
+
+def test_a_round_that_released_nothing_is_named_with_the_sites_charged_for_it(tmp_path, caplog):
+    """A round below federation.min_sites: the sites that trained were charged; the state,
+    privacy.json (and its statement) and the log say so, and the release stays as it was."""
+    cfg = load_config(SMOKE, ["federation.release_ema=0.5"])
+    recorder = RoundRecorder(tmp_path, cfg, checkpointing.ServerState(rounds=2))
+    _record(recorder, cfg, 1)
+    before = checkpointing.load_generator(RunDir(tmp_path).generator)
+    failed = _outcome(2, aggregated=False)
+    failed.reason = "1 accepted updates, fewer than federation.min_sites=2"
+    with caplog.at_level("WARNING"):
+        recorder.record(failed, _aggregate(cfg, 1), {}, seconds=0.1)
+    assert "site-0 trained in it" in caplog.text
+    state = checkpointing.load_state(tmp_path)
+    assert state.unreleased == [{"round": 2, "reason": failed.reason, "charged": ["site-0"]}]
+    privacy = RunDir(tmp_path).read_privacy()
+    assert privacy["unreleased_rounds"] == state.unreleased
+    assert "round 2 (1 accepted updates" in privacy["statement"]
+    assert "charged: site-0" in privacy["statement"]
+    after = checkpointing.load_generator(RunDir(tmp_path).generator)
+    assert all(np.array_equal(after[k], before[k]) for k in before)

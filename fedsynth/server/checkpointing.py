@@ -52,6 +52,10 @@ class ServerState:
     site_nodes: dict[str, int] = field(default_factory=dict)  # site -> node id that was it
     release: str = ""  # file name (in checkpoints/) of the EMA release after ``round``; "": off
     release_rounds: int = 0  # aggregates the EMA release averages
+    # Rounds that released no generator (fewer than federation.min_sites accepted updates, or
+    # a non-finite aggregate): {"round", "reason", "charged": sites whose accepted reply of
+    # that round the server received, so their reported epsilon includes it}.
+    unreleased: list[dict[str, Any]] = field(default_factory=list)
 
 
 def save_generator(

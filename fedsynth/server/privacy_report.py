@@ -46,9 +46,11 @@ def write_federated_privacy(
     cfg: Config,
     sites: dict[str, dict[str, Any]],
     pretrained_on: dict[str, Any] | None = None,
+    unreleased: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write ``run_dir/privacy.json`` from the per-site entries; return what was written.
-    ``pretrained_on``: the public pre-training of ``model.init`` (``public_pretraining``)."""
+    ``pretrained_on``: the public pre-training of ``model.init`` (``public_pretraining``);
+    ``unreleased``: rounds that released no generator (``ServerState.unreleased``)."""
     entries = {
         name: SitePrivacy(
             epsilon=math.inf if e["epsilon"] is None else float(e["epsilon"]),
@@ -70,4 +72,5 @@ def write_federated_privacy(
         target_epsilon=cfg.privacy.target_epsilon,
         sites=entries,
         pretrained_on=pretrained_on,
+        unreleased_rounds=unreleased,
     )

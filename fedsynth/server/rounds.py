@@ -223,6 +223,8 @@ class RoundRecorder:
                 self.state.sites[s.site] = site_privacy_entry(
                     s.metrics, s.history, self.cfg.privacy.enabled
                 )
+        if not outcome.aggregated:  # before privacy.json, which names it
+            self._record_unreleased(outcome)
         report = self.finish()  # privacy.json first: the checkpoint carries its digest
         extra = {"epsilon": _clean(eps), "delta": self.cfg.privacy.delta,
                  "dp_enabled": self.cfg.privacy.enabled, "federated": True,
@@ -256,6 +258,22 @@ class RoundRecorder:
         self._track(outcome, summary, local)
         self._log_progress(outcome, summary)
         self.bar.update(1)
+
+    def _record_unreleased(self, outcome: RoundOutcome) -> None:
+        """A round that released nothing still cost the sites that trained in it: keep it in
+        the state (privacy.json names it) and say so in the log."""
+        charged = sorted(s.site for s in outcome.sites if s.status == OK)
+        self.state.unreleased = [u for u in self.state.unreleased if u["round"] != outcome.round]
+        self.state.unreleased.append(
+            {"round": outcome.round, "reason": outcome.reason, "charged": charged}
+        )
+        if charged:
+            log.warning(
+                "round %d released no generator (%s), but %s trained in it: their privacy "
+                "budget was charged for it (the server received their replies) and their "
+                "epsilon in privacy.json includes it",
+                outcome.round, outcome.reason, ", ".join(charged),
+            )  # fmt: skip
 
     def _track(self, outcome: RoundOutcome, summary: dict[str, Any], local: int) -> None:
         step = outcome.round * local
@@ -291,5 +309,6 @@ class RoundRecorder:
         if not self.state.sites:
             return None
         return write_federated_privacy(
-            self.run_dir, self.cfg, self.state.sites, pretrained_on=self.pretrained_on
-        )
+            self.run_dir, self.cfg, self.state.sites, pretrained_on=self.pretrained_on,
+            unreleased=self.state.unreleased,
+        )  # fmt: skip

@@ -105,15 +105,30 @@ def pretraining_sentence(pretrained_on: dict[str, Any] | None) -> str:
     )
 
 
+def unreleased_sentence(unreleased: list[dict[str, Any]] | None) -> str:
+    """Federated rounds that released no generator, and who was charged for them ("" if none)."""
+    if not unreleased:
+        return ""
+    parts = []
+    for u in unreleased:
+        who = ", ".join(u["charged"]) if u["charged"] else "no site"
+        parts.append(f"round {u['round']} ({u['reason']}; charged: {who})")
+    return (
+        "Rounds that released no generator, although the sites that trained in them were "
+        f"charged and their epsilon above includes them: {'; '.join(parts)}."
+    )
+
+
 def privacy_statement(
     sites: dict[str, SitePrivacy],
     delta: float,
     dp_enabled: bool,
     reproducible_noise: bool = False,
     pretrained_on: dict[str, Any] | None = None,
+    unreleased: list[dict[str, Any]] | None = None,
 ) -> str:
     """One line saying what was accounted, for people."""
-    public = pretraining_sentence(pretrained_on)
+    public = f"{pretraining_sentence(pretrained_on)} {unreleased_sentence(unreleased)}".strip()
     if not dp_enabled:
         statement = (
             f"{NO_DP}: the generator was trained without DP on the data of "
@@ -141,11 +156,14 @@ def privacy_report(
     reproducible_noise: bool = False,
     target_epsilon: float | None = None,
     pretrained_on: dict[str, Any] | None = None,
+    unreleased_rounds: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """``reproducible_noise``: privacy.insecure_reproducible_noise was on (see the statement);
     ``target_epsilon``: privacy.target_epsilon the noise was calibrated for;
     ``pretrained_on``: the public pre-training the generator started from
-    (``fedsynth.common.gan.init.public_pretraining``), None for a generator from scratch."""
+    (``fedsynth.common.gan.init.public_pretraining``), None for a generator from scratch;
+    ``unreleased_rounds``: federated rounds that released no generator (round, reason, the
+    sites charged for it)."""
     worst = max((s.epsilon for s in sites.values()), default=0.0) if dp_enabled else math.inf
     reproducible_noise = reproducible_noise and dp_enabled
     entries = {name: s.to_json(delta) for name, s in sorted(sites.items())}
@@ -168,8 +186,10 @@ def privacy_report(
         # Public data the generator was pre-trained on before any site's data (not covered
         # by the guarantee, and needing none: checked disjoint from the sites).
         "pretrained_on": pretrained_on,
+        # Federated rounds that released no generator but charged the sites that trained.
+        "unreleased_rounds": list(unreleased_rounds or []),
         "statement": privacy_statement(
-            sites, delta, dp_enabled, reproducible_noise, pretrained_on
+            sites, delta, dp_enabled, reproducible_noise, pretrained_on, unreleased_rounds
         ),
     }
 
@@ -184,12 +204,13 @@ def write_privacy_json(
     reproducible_noise: bool = False,
     target_epsilon: float | None = None,
     pretrained_on: dict[str, Any] | None = None,
+    unreleased_rounds: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write ``privacy.json`` atomically and return what was written."""
     report = privacy_report(
         accountant=accountant, delta=delta, dp_enabled=dp_enabled, sites=sites,
         reproducible_noise=reproducible_noise, target_epsilon=target_epsilon,
-        pretrained_on=pretrained_on,
+        pretrained_on=pretrained_on, unreleased_rounds=unreleased_rounds,
     )  # fmt: skip
     atomic_write_json(path, report)
     return report
