@@ -15,7 +15,6 @@ The ratio is against ``all`` of the same config.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -32,7 +31,9 @@ CHOICES = ("all", "norm+bias", "head", "decoder")
 
 def _metrics() -> dict:
     """A reply's MetricRecord with a 10-round accountant history (sizes as in a real run)."""
-    values = {k: ([0.0] * 10 if m.kind is list else m.kind(1)) for k, m in wire.REPLY_METRICS.items()}
+    values = {
+        k: ([0.0] * 10 if m.kind is list else m.kind(1)) for k, m in wire.REPLY_METRICS.items()
+    }
     values["epsilon"] = 8.0
     return values
 

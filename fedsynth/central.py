@@ -26,6 +26,7 @@ from fedsynth.common.data.cohort import load_split, resolve_cohort
 from fedsynth.common.data.datasets import fixed_eval_slices
 from fedsynth.common.errors import CheckpointError, ConfigError, TrainingDivergedError
 from fedsynth.common.gan.evaluation import eval_indices, evaluate_quality, save_sample_grid
+from fedsynth.common.gan.init import public_pretraining
 from fedsynth.common.gan.plots import plot_metrics
 from fedsynth.common.gan.trainer import LocalTrainer, StepReport
 from fedsynth.common.io.checkpoints import save_checkpoint
@@ -77,6 +78,7 @@ class CentralRun:
         self.eval_idx = eval_indices(data.test, cfg.train.eval_slices, cfg.seed)
         self.sample_idx = fixed_eval_slices(data.test, cfg.train.sample_slices, cfg.seed)
         self.tracker = Tracker(None)  # opened by train(), once the starting step is known
+        self.pretrained_on = public_pretraining(cfg.model.init, {})  # named in privacy.json
 
     def resume(self) -> int:
         step = self.run.latest_step()
@@ -187,6 +189,7 @@ class CentralRun:
             reproducible_noise=p.insecure_reproducible_noise,
             target_epsilon=p.target_epsilon,
             sites={SITE: self.trainer.privacy()},
+            pretrained_on=self.pretrained_on,
         )
 
 

@@ -359,7 +359,16 @@ def test_resume_continues_and_sites_refuse_beyond_their_budget(tmp_path, shared_
     )
     cfg2, same_dir = resolve_run(args)
     assert same_dir == run_dir.resolve() and cfg2.federation.rounds == 2
-    assert simulate(cfg2, run_dir) == 2
+    from fedsynth.cli import main
+    from fedsynth.cli.simulate import EXIT_ROUNDS_FAILED
+
+    # Round 2 releases nothing (every site declines): the command says so with its status.
+    resume = ["simulate", "--resume", str(run_dir), "federation.rounds=2"]
+    assert main(resume) == EXIT_ROUNDS_FAILED
+    assert checkpointing.load_state(run_dir).round == 2
+    privacy = json.loads((run_dir / "privacy.json").read_text())
+    assert [(u["round"], u["charged"]) for u in privacy["unreleased_rounds"]] == [(2, [])]
+    assert "round 2 (0 accepted updates" in privacy["statement"]
 
     rows = _read_jsonl(run_dir / "metrics.jsonl")
     assert [r["round"] for r in rows if r["kind"] == "round"] == [1, 2]
@@ -405,7 +414,7 @@ def test_server_killed_mid_run_resumes_from_the_last_completed_round(tmp_path, s
     run_dir = tmp_path / "run"
     over = [f"data.cache_dir={shared_cache}", "federation.min_sites=2", "train.batch_size=1"]
     cmd = [sys.executable, "-m", "fedsynth", "simulate", str(SMOKE), "--out", str(run_dir)]
-    cmd += [*over, "federation.rounds=3"]
+    cmd += [*over, "federation.rounds=3", "federation.release_ema=0.5"]
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
     proc = subprocess.Popen(cmd, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -437,4 +446,12 @@ def test_server_killed_mid_run_resumes_from_the_last_completed_round(tmp_path, s
         assert len(rounds) == len(set(rounds)), f"{site} recorded a round twice"
         last = max((r for r in sites if r["site"] == site), key=lambda r: r["round"])
         assert last["steps_total"] <= local_steps * len(rounds)
-    assert json.loads(state.read_text())["round"] == 3
+    committed = json.loads(state.read_text())
+    assert committed["round"] == 3
+    # The EMA release survived the kill: it averages every aggregated round, not only those
+    # after the restart.
+    aggregated = sum(r["aggregated"] for r in rows if r["kind"] == "round")
+    assert aggregated >= killed_at and committed["release_rounds"] == aggregated
+    released = checkpointing.load_generator(run_dir / "checkpoints" / "generator.safetensors")
+    ema = checkpointing.load_generator(run_dir / "checkpoints" / committed["release"])
+    assert all(np.array_equal(released[k], ema[k]) for k in ema)

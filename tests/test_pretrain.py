@@ -132,3 +132,49 @@ def test_datasheets_name_the_public_data_a_generator_started_from(pretrained, tm
         assert p["steps"] == 4 and p["dp"] is False
     assert public_pretraining(None, {}) is None  # trained from scratch
     assert "error" in public_pretraining(str(tmp_path / "gone.safetensors"), {})
+
+
+def test_privacy_json_and_the_report_name_the_public_data(pretrained, tmp_path):
+    """privacy.json of a federated run (the server's recorder) and of a central run, and the
+    HTML report's privacy section, name the public pre-training of model.init."""
+    import dataclasses
+
+    from fedsynth.central import CentralRun, load_central_data
+    from fedsynth.common.rundir import RunDir
+    from fedsynth.report.sections import privacy_section
+    from fedsynth.server import checkpointing
+    from fedsynth.server.app import initial_generator
+    from fedsynth.server.rounds import RoundRecorder
+    from fedsynth.server.strategy import OK, RoundOutcome, SiteOutcome
+
+    cfg, path = pretrained
+    manifest = json.loads((path.parent / PUBLIC_DATA_FILE).read_text())["public_data"][
+        "manifest_sha256"
+    ]
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init=str(path.parent)))
+    metrics = {"num-examples": 4, "epsilon": 2.0, "delta": 1e-4, "sample-rate": 0.25,
+               "steps-total": 3, "noise-multiplier": 1.0, "step-noise-multiplier": 1.4,
+               "max-grad-norm": 1.0}  # fmt: skip
+    site = SiteOutcome("site-0", 1, OK, metrics=metrics, history={})
+    fed = tmp_path / "fed"
+    RoundRecorder(fed, cfg, checkpointing.ServerState(rounds=1)).record(
+        RoundOutcome(1, [site], aggregated=True), initial_generator(cfg), {}, seconds=0.1
+    )
+    central = RunDir(tmp_path / "central")
+    central.create(cfg)
+    CentralRun(cfg, central, load_central_data(cfg)).write_privacy()
+    for run in (RunDir(fed), central):
+        record = run.read_privacy()
+        public = record["pretrained_on"]
+        assert public["manifest_sha256"] == manifest and public["steps"] == 4
+        assert public["training_subjects"] >= 1 and "public phantom cohort" in public["public_data"]
+        assert "pre-trained without DP on public data" in record["statement"]
+        assert manifest[:12] in record["statement"]
+        html = privacy_section(run.root).body
+        assert manifest in html and "public phantom cohort" in html
+
+    scratch = RunDir(tmp_path / "scratch")  # no model.init: nothing to name
+    scratch.create(pretrained[0])
+    CentralRun(pretrained[0], scratch, load_central_data(pretrained[0])).write_privacy()
+    assert scratch.read_privacy()["pretrained_on"] is None
+    assert "trained from scratch" in privacy_section(scratch.root).body

@@ -48,7 +48,9 @@ def _reply(node: int, arrays: dict[str, np.ndarray]) -> Message:
         run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0,
         reply_to_message_id="", group_id="1", created_at=0.0, ttl=60.0, message_type="train",
     )  # fmt: skip
-    return Message(RecordDict({"arrays": _arrays(arrays), "metrics": MetricRecord(metrics)}), metadata=meta)
+    return Message(
+        RecordDict({"arrays": _arrays(arrays), "metrics": MetricRecord(metrics)}), metadata=meta
+    )
 
 
 class _Grid:
@@ -93,7 +95,8 @@ def test_every_strategy_aggregates_only_the_trainable_set(aggregation, monkeypat
     assert status[9][0] == REFUSED and "array keys differ" in status[9][1]
     merged = {k: a.numpy() for k, a in arrays.items()}
     assert set(merged) == set(global_)
-    assert merged["conv.weight"].tobytes() == global_["conv.weight"].tobytes()  # frozen: bit-for-bit
+    frozen = merged["conv.weight"].tobytes()
+    assert frozen == global_["conv.weight"].tobytes()  # bit-for-bit
     assert 0.1 - 1e-6 <= float(merged["conv.bias"][0]) <= 0.5 + 1e-6
     assert not np.allclose(merged["conv.bias"], 0.0)
 

@@ -23,6 +23,9 @@ from fedsynth.common.rundir import RunDir, clear_for_new_output
 log = logging.getLogger(__name__)
 
 RESUMABLE_PREFIX = "federation."  # a resumed run may change only how the federation runs
+# Exit status of a run that completed its rounds but some of them released no generator
+# (fewer than federation.min_sites accepted updates): 1 is "stopped early", 2 an error.
+EXIT_ROUNDS_FAILED = 3
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -93,4 +96,21 @@ def run(args: argparse.Namespace) -> Summary:
         headline = (f"stopped after round {done} of {cfg.federation.rounds}; resume with "
                     f"'fedsynth simulate --resume {run_dir}'")  # fmt: skip
         return Summary("simulate", headline, outputs, facts, exit_code=1)
+    unreleased = (run.read_server_state() or {}).get("unreleased") or []
+    if unreleased:
+        facts["unreleased_rounds"] = unreleased
+        return Summary("simulate", unreleased_headline(done, unreleased), outputs, facts,
+                       exit_code=EXIT_ROUNDS_FAILED)  # fmt: skip
     return Summary("simulate", f"{done} federated rounds", outputs, facts)
+
+
+def unreleased_headline(done: int, unreleased: list[dict]) -> str:
+    """What a finished run with failed rounds says: which rounds, why, who was charged."""
+    first = unreleased[0]
+    charged = sorted({site for u in unreleased for site in u["charged"]})
+    return (
+        f"{done} federated rounds, but {len(unreleased)} released no generator (round(s) "
+        f"{', '.join(str(u['round']) for u in unreleased)}; round {first['round']}: "
+        f"{first['reason']}); sites charged for them: {', '.join(charged) or 'none'} "
+        "(privacy.json: unreleased_rounds)"
+    )

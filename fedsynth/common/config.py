@@ -188,6 +188,12 @@ class FederationConfig:
     # round) | "equal" (every accepted site weighs the same; a site cannot buy influence)
     weighting: str = "examples"
     byzantine_sites: int = 0  # krum / multikrum: sites assumed malicious (f; needs n >= 2f + 3)
+    # Released generator: EMA of the aggregates over rounds with this decay (post-processing,
+    # no privacy cost; fedsynth.server.release). 0 (off): the last aggregate is released. Off
+    # by default: no public-data sweep has chosen a decay (choosing it on site or test
+    # patients would leak), and over the 5-10 rounds of the shipped configs an average lags
+    # behind the fine-tuning (docs/federation.md).
+    release_ema: float = 0.0
     # Deployment allow-list: site name -> the Flower node id its authentication key was
     # registered as (flwr supernode register). Empty: the first node to claim a name owns it.
     site_nodes: dict[str, int] = field(default_factory=dict)
@@ -271,6 +277,7 @@ class BenchmarkConfig:
     lr: float = 2e-3  # Adam
     tumour_slice_prob: float = 0.5  # chance a training slice is drawn among tumour slices
     augment: bool = True  # random flips and per-contrast intensity jitter
+    acquisition_augment: bool = True  # random blur, gamma and noise (benchmark/augment.py)
     val_fraction: float = 0.15  # of each arm's own training patients, for early stopping
     eval_every: int = 100  # steps between validation scores (the learning curve's points)
     patience: int = 4  # evaluations without a validation Dice gain > min_delta: stop
@@ -408,6 +415,10 @@ def _check_ranges(cfg: Config) -> None:
         )
     if cfg.federation.byzantine_sites < 0:
         raise ConfigError("federation.byzantine_sites", "must be >= 0")
+    if not 0.0 <= cfg.federation.release_ema < 1.0:
+        raise ConfigError(
+            "federation.release_ema", f"must be in [0, 1) (0: off), got {cfg.federation.release_ema}"
+        )
     if not 0.0 <= cfg.pretrain.ema_decay < 1.0:
         raise ConfigError("pretrain.ema_decay", f"must be in [0, 1), got {cfg.pretrain.ema_decay}")
     if cfg.pretrain.source == "cohort" and not cfg.pretrain.cohort_dir:

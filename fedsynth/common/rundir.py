@@ -19,6 +19,8 @@ federated), class ``RunDir``::
                            marks a federated run
       checkpoints/
         generator_<step>.safetensors   the generator after <step> local steps
+        release_<step>.safetensors     federated with federation.release_ema > 0: the EMA of
+                                       the aggregates over rounds (what is released)
         state_<step>.safetensors       central only: everything needed to resume
         latest.json                    names the newest complete checkpoint
         generator.safetensors          a copy of the newest generator: what users, synthesis,
@@ -137,6 +139,9 @@ class RunDir:
 
     def generator_checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"generator_{step:07d}.safetensors"
+
+    def release_checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"release_{step:07d}.safetensors"
 
     def state_checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"state_{step:07d}.safetensors"

@@ -237,7 +237,9 @@ def received_problems(
     want = min(candidates, key=lambda c: len(got ^ c))  # name the nearer one in the message
     extra, missing = sorted(got - want), sorted(want - got)
     what = "the whole generator" if want == whole else "its trainable set"
-    return [f"{len(got)} arrays, not {what} ({len(want)}): extra {extra[:5]}, missing {missing[:5]}"]
+    return [
+        f"{len(got)} arrays, not {what} ({len(want)}): extra {extra[:5]}, missing {missing[:5]}"
+    ]
 
 
 # -- reply --------------------------------------------------------------------------------

@@ -142,9 +142,28 @@ def privacy_section(run: Path) -> Section:
         "<p>Accounted: every DP-SGD step of the discriminator and the generator (one joint "
         "mechanism per step), per site; noise multiplier as the accountant saw it.</p>"
         + _cohort_labels_note(run)
+        + _pretraining_note(p.get("pretrained_on"))
         + table(["site", "epsilon", "noise multiplier", "sample rate", "steps", "clip norm"], rows)
     )
     return Section("privacy", "Privacy", body)
+
+
+def _pretraining_note(pretrained_on: dict[str, Any] | None) -> str:
+    """The public data the generator was pre-trained on (privacy.json), as a small table."""
+    if not pretrained_on:
+        return "<p>Public pre-training: none recorded (the generator was trained from scratch).</p>"
+    if "error" in pretrained_on:
+        return (
+            f"<p>Public pre-training: {esc(pretrained_on.get('init'))}, provenance "
+            f"unreadable: {esc(pretrained_on['error'])}</p>"
+        )
+    rows = [[k.replace("_", " "), pretrained_on.get(k)]
+            for k in ("public_data", "folder", "manifest_sha256", "training_subjects", "steps",
+                      "dp", "init")]  # fmt: skip
+    return (
+        "<p>Public pre-training (without DP, on data declared public and checked to share no "
+        "subject with the sites; not covered by the guarantee above):</p>" + table(["", ""], rows)
+    )
 
 
 def _cohort_labels_note(run: Path) -> str:

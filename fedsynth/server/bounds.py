@@ -9,6 +9,8 @@ aggregates. Why each exists (docs/robustness.md lists the probes):
   site's *update*: its weights minus the global weights it was sent. The bound is
   ``factor x lr x steps x sqrt(P)`` for P floating-point parameters: Adam moves each weight
   by about lr per step, so an honest site's update stays below ``lr x steps x sqrt(P)``
+  (P counts the arrays exchanged: only the trainable set when ``privacy.trainable`` is not
+  ``all``, whose replies the strategy checks against that set's keys and shapes)
   (measured: 0.5-0.6 of it on the smoke config, where gradients are consistent; noisier DP
   gradients move less). One factor fits any network size, learning rate and round length;
   a bound relative to ||w_global|| does not (on the smoke config an honest update is 0.5 %

@@ -5,8 +5,12 @@ The run directory has the central trainer's layout (``fedsynth.common.rundir``):
     checkpoints/generator_<step>.safetensors   global generator after a round (step = round x
                                                local_steps), same format as central training
     checkpoints/latest.json                    names the newest one
-    checkpoints/generator.safetensors          a copy of the newest one (what synthesis loads)
-    server_state.json                          last completed round, history, sites
+    checkpoints/release_<step>.safetensors     with federation.release_ema > 0: the EMA of the
+                                               aggregates (fedsynth.server.release), released
+    checkpoints/generator.safetensors          a copy of the newest release (what synthesis
+                                               loads): the EMA if on, else the aggregate
+    server_state.json                          last completed round, history, sites, the EMA's
+                                               file and rounds (resume)
 
 Write order per round: generator checkpoint, then metrics rows, then ``server_state.json``
 (atomically). ``server_state.json`` is the commit point: a server killed before it is
@@ -46,6 +50,12 @@ class ServerState:
     seconds: float = 0.0  # wall time of completed rounds
     declared: dict[str, float] = field(default_factory=dict)  # site -> first num-examples
     site_nodes: dict[str, int] = field(default_factory=dict)  # site -> node id that was it
+    release: str = ""  # file name (in checkpoints/) of the EMA release after ``round``; "": off
+    release_rounds: int = 0  # aggregates the EMA release averages
+    # Rounds that released no generator (fewer than federation.min_sites accepted updates, or
+    # a non-finite aggregate): {"round", "reason", "charged": sites whose accepted reply of
+    # that round the server received, so their reported epsilon includes it}.
+    unreleased: list[dict[str, Any]] = field(default_factory=list)
 
 
 def save_generator(
@@ -81,6 +91,15 @@ def save_checkpoint(
     return save_generator(path, weights, cfg, step=step, extra={"round": round_, **extra})
 
 
+def save_release(
+    run_dir: Path, cfg: Config, round_: int, weights: dict[str, np.ndarray], extra: dict[str, Any]
+) -> Path:
+    """Write the EMA release after ``round_`` (``checkpoints/release_<step>.safetensors``)."""
+    step = round_ * cfg.federation.local_steps
+    path = RunDir(run_dir).release_checkpoint(step)
+    return save_generator(path, weights, cfg, step=step, extra={"round": round_, **extra})
+
+
 def commit_round(run_dir: Path, state: ServerState) -> None:
     """Make ``state.round`` the round a resume starts after (last write of a round).
 
@@ -90,6 +109,9 @@ def commit_round(run_dir: Path, state: ServerState) -> None:
     ckpt = run.checkpoints / state.checkpoint
     if not state.checkpoint or not ckpt.is_file():
         raise CheckpointError(ckpt, "missing; save_checkpoint must run before commit_round")
+    release = run.checkpoints / state.release if state.release else ckpt
+    if not release.is_file():
+        raise CheckpointError(release, "missing; save_release must run before commit_round")
     atomic_write_json(run.server_state, asdict(state), durable=True)  # the commit point
     atomic_write_json(
         run.latest,
@@ -98,12 +120,14 @@ def commit_round(run_dir: Path, state: ServerState) -> None:
             "round": state.round,
             "generator": ckpt.name,
             "state": run.server_state.name,
+            "release": release.name,
         },
         durable=True,
     )
-    run.publish_generator(ckpt)
-    for old in sorted(run.checkpoints.glob("generator_*.safetensors"))[:-KEEP_ROUNDS]:
-        old.unlink(missing_ok=True)
+    run.publish_generator(release)
+    for pattern in ("generator_*.safetensors", "release_*.safetensors"):
+        for old in sorted(run.checkpoints.glob(pattern))[:-KEEP_ROUNDS]:
+            old.unlink(missing_ok=True)
 
 
 def load_state(run_dir: Path) -> ServerState | None:
@@ -124,6 +148,13 @@ def load_resume_point(run_dir: Path) -> tuple[ServerState, dict[str, np.ndarray]
     if state is None or state.round == 0:
         return None
     return state, load_generator(RunDir(run_dir).checkpoints / state.checkpoint)
+
+
+def load_release(run_dir: Path, state: ServerState) -> tuple[dict[str, np.ndarray], int] | None:
+    """(EMA release weights, aggregates it averages) committed with ``state``; None if none."""
+    if not state.release:
+        return None
+    return load_generator(RunDir(run_dir).checkpoints / state.release), state.release_rounds
 
 
 def truncate_metrics(path: Path, last_round: int) -> int:

@@ -42,9 +42,15 @@ def site_privacy_entry(
 
 
 def write_federated_privacy(
-    run_dir: Path, cfg: Config, sites: dict[str, dict[str, Any]]
+    run_dir: Path,
+    cfg: Config,
+    sites: dict[str, dict[str, Any]],
+    pretrained_on: dict[str, Any] | None = None,
+    unreleased: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Write ``run_dir/privacy.json`` from the per-site entries; return what was written."""
+    """Write ``run_dir/privacy.json`` from the per-site entries; return what was written.
+    ``pretrained_on``: the public pre-training of ``model.init`` (``public_pretraining``);
+    ``unreleased``: rounds that released no generator (``ServerState.unreleased``)."""
     entries = {
         name: SitePrivacy(
             epsilon=math.inf if e["epsilon"] is None else float(e["epsilon"]),
@@ -65,4 +71,6 @@ def write_federated_privacy(
         reproducible_noise=cfg.privacy.insecure_reproducible_noise,
         target_epsilon=cfg.privacy.target_epsilon,
         sites=entries,
+        pretrained_on=pretrained_on,
+        unreleased_rounds=unreleased,
     )

@@ -18,7 +18,10 @@ as before. Files it writes in the run directory:
   its array keys and shapes and its metric keys: what crossed the network.
 - ``privacy.json``: one entry per site (see ``fedsynth.server.privacy_report``), rewritten
   every round.
-- checkpoints and ``server_state.json`` (see ``fedsynth.server.checkpointing``).
+- checkpoints and ``server_state.json`` (see ``fedsynth.server.checkpointing``); with
+  ``federation.release_ema`` > 0 also the EMA release (``fedsynth.server.release``), which is
+  what the held-out evaluation, the sample grid and ``checkpoints/generator.safetensors``
+  show; the round's aggregate stays the resume point and what the sites train from.
 - ``tensorboard/``: the round row's numbers, each site's reported epsilon and the sample
   grid (``fedsynth.common.tracking``): only what reached the server; no per-site losses.
 """
@@ -37,6 +40,7 @@ import numpy as np
 from flwr.app import ArrayRecord, MetricRecord
 
 from fedsynth.common.config import Config
+from fedsynth.common.gan.init import public_pretraining
 from fedsynth.common.io.atomic import append_jsonl
 from fedsynth.common.privacy.binding import PRIVACY_KEY, checkpoint_summary
 from fedsynth.common.progress import progress_bar
@@ -44,6 +48,7 @@ from fedsynth.common.rundir import RunDir
 from fedsynth.common.tracking import Tracker, site_epsilons, tensorboard_dir, training_scalars
 from fedsynth.server import checkpointing
 from fedsynth.server.privacy_report import site_privacy_entry, write_federated_privacy
+from fedsynth.server.release import ReleaseEMA
 from fedsynth.server.strategy import (
     DECLINED,
     OK,
@@ -108,6 +113,12 @@ class RoundRecorder:
         self.run_dir, self.cfg, self.state = run_dir, cfg, state
         self.evaluator = evaluator
         self.strategy: GeneratorUpdates | None = None
+        # The released generator (EMA over rounds when on), restored from the committed round.
+        self.release = ReleaseEMA(
+            cfg.federation.release_ema, checkpointing.load_release(run_dir, state)
+        )
+        # The public data model.init was pre-trained on: privacy.json names it (read once).
+        self.pretrained_on = public_pretraining(cfg.model.init, {})
         self._round_started = time.perf_counter()
         local = cfg.federation.local_steps
         # A resumed server hides what a killed attempt logged after the committed round.
@@ -168,8 +179,9 @@ class RoundRecorder:
         seconds: float,
         identities: tuple[dict[str, float], dict[str, int]] | None,
     ) -> None:
-        quality = self.evaluator(outcome.round, weights) if self.evaluator else {}
-        self.record(outcome, weights, quality, seconds, identities=identities)
+        released = self.release.update(weights, outcome.aggregated)
+        quality = self.evaluator(outcome.round, released) if self.evaluator else {}
+        self.record(outcome, weights, quality, seconds, identities=identities, released=released)
 
     def _raise_failed(self) -> None:
         """Re-raise the first error of a finished background recording (disk full, ...)."""
@@ -193,12 +205,16 @@ class RoundRecorder:
         seconds: float,
         *,
         identities: tuple[dict[str, float], dict[str, int]] | None = None,
+        released: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Checkpoint, rows, then the commit (see checkpointing's write order).
 
         ``identities``: the strategy's (declared counts, site owners) as copied when the
-        round ended; None reads them from the strategy now.
+        round ended; None reads them from the strategy now. ``released``: the generator to
+        release after this round (``self.release.update`` already applied); None applies it.
         """
+        if released is None:
+            released = self.release.update(weights, outcome.aggregated)
         local = self.cfg.federation.local_steps
         metrics = round_metrics(outcome)
         eps = float(metrics["epsilon-max"]) if "epsilon-max" in metrics else math.inf
@@ -207,13 +223,21 @@ class RoundRecorder:
                 self.state.sites[s.site] = site_privacy_entry(
                     s.metrics, s.history, self.cfg.privacy.enabled
                 )
+        if not outcome.aggregated:  # before privacy.json, which names it
+            self._record_unreleased(outcome)
         report = self.finish()  # privacy.json first: the checkpoint carries its digest
-        path = checkpointing.save_checkpoint(
-            self.run_dir, self.cfg, outcome.round, weights,
-            {"epsilon": _clean(eps), "delta": self.cfg.privacy.delta, "dp_enabled": self.cfg.privacy.enabled,
-             "federated": True, "sites": len(outcome.sites),
-             **({PRIVACY_KEY: checkpoint_summary(report)} if report else {})},
-        )  # fmt: skip
+        extra = {"epsilon": _clean(eps), "delta": self.cfg.privacy.delta,
+                 "dp_enabled": self.cfg.privacy.enabled, "federated": True,
+                 "sites": len(outcome.sites),
+                 **({PRIVACY_KEY: checkpoint_summary(report)} if report else {})}  # fmt: skip
+        path = checkpointing.save_checkpoint(self.run_dir, self.cfg, outcome.round, weights, extra)
+        self.state.release, self.state.release_rounds = "", 0
+        if self.release.enabled:
+            ema = {"release_ema": self.release.decay, "release_rounds": self.release.rounds}
+            self.state.release = checkpointing.save_release(
+                self.run_dir, self.cfg, outcome.round, released, {**extra, **ema}
+            ).name
+            self.state.release_rounds = self.release.rounds
         summary = round_row(outcome, metrics, seconds, local)
         summary.update(quality)
         run = RunDir(self.run_dir)
@@ -234,6 +258,22 @@ class RoundRecorder:
         self._track(outcome, summary, local)
         self._log_progress(outcome, summary)
         self.bar.update(1)
+
+    def _record_unreleased(self, outcome: RoundOutcome) -> None:
+        """A round that released nothing still cost the sites that trained in it: keep it in
+        the state (privacy.json names it) and say so in the log."""
+        charged = sorted(s.site for s in outcome.sites if s.status == OK)
+        self.state.unreleased = [u for u in self.state.unreleased if u["round"] != outcome.round]
+        self.state.unreleased.append(
+            {"round": outcome.round, "reason": outcome.reason, "charged": charged}
+        )
+        if charged:
+            log.warning(
+                "round %d released no generator (%s), but %s trained in it: their privacy "
+                "budget was charged for it (the server received their replies) and their "
+                "epsilon in privacy.json includes it",
+                outcome.round, outcome.reason, ", ".join(charged),
+            )  # fmt: skip
 
     def _track(self, outcome: RoundOutcome, summary: dict[str, Any], local: int) -> None:
         step = outcome.round * local
@@ -268,4 +308,7 @@ class RoundRecorder:
         before any site reported)."""
         if not self.state.sites:
             return None
-        return write_federated_privacy(self.run_dir, self.cfg, self.state.sites)
+        return write_federated_privacy(
+            self.run_dir, self.cfg, self.state.sites, pretrained_on=self.pretrained_on,
+            unreleased=self.state.unreleased,
+        )  # fmt: skip

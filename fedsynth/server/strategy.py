@@ -212,7 +212,11 @@ class GeneratorUpdates:
             raise ConfigError(
                 "privacy.trainable", f"names arrays the generator does not have: {missing[:5]}"
             )
-        exchanged = self._full if self.trainable is None else wire.trainable_part(self._full, self.trainable)
+        exchanged = (
+            self._full
+            if self.trainable is None
+            else wire.trainable_part(self._full, self.trainable)
+        )
         self._global = exchanged
         self._reference = {k: (tuple(a.shape), str(a.dtype)) for k, a in exchanged.items()}
         self._bound = bounds.norm_bound(

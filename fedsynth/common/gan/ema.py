@@ -13,6 +13,12 @@ import torch
 from torch import nn
 
 
+def warmed_decay(decay: float, updates: int) -> float:
+    """The decay of the next update after ``updates`` updates: min(decay, (1 + n) / (10 + n)),
+    so that a young average is not dominated by its first weights."""
+    return min(decay, (1 + updates) / (10 + updates))
+
+
 class WeightEMA:
     """shadow <- decay * shadow + (1 - decay) * weights, after every ``update``.
 
@@ -30,7 +36,7 @@ class WeightEMA:
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        d = warmed_decay(self.decay, self.updates)
         for k, v in module.state_dict().items():
             if v.dtype.is_floating_point:
                 self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)

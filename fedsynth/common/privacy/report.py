@@ -86,15 +86,55 @@ def describe_epsilon(epsilon: float, delta: float) -> str:
     return f"epsilon = {epsilon:.3g} at delta = {delta:g}"
 
 
+def pretraining_sentence(pretrained_on: dict[str, Any] | None) -> str:
+    """The public pre-training a generator started from, in words ("" if none)."""
+    if not pretrained_on:
+        return ""
+    if "error" in pretrained_on:
+        return (
+            f"The generator started from {pretrained_on.get('init')}, whose public-data "
+            f"provenance can no longer be read ({pretrained_on['error']})."
+        )
+    return (
+        "The generator started from weights pre-trained without DP on public data "
+        f"({pretrained_on.get('public_data') or 'a declared public cohort'}: "
+        f"{pretrained_on.get('training_subjects')} subjects, manifest sha256 "
+        f"{str(pretrained_on.get('manifest_sha256'))[:12]}..., {pretrained_on.get('steps')} "
+        "steps), checked to share no subject with the sites; this guarantee does not cover "
+        "that public data."
+    )
+
+
+def unreleased_sentence(unreleased: list[dict[str, Any]] | None) -> str:
+    """Federated rounds that released no generator, and who was charged for them ("" if none)."""
+    if not unreleased:
+        return ""
+    parts = []
+    for u in unreleased:
+        who = ", ".join(u["charged"]) if u["charged"] else "no site"
+        parts.append(f"round {u['round']} ({u['reason']}; charged: {who})")
+    return (
+        "Rounds that released no generator, although the sites that trained in them were "
+        f"charged and their epsilon above includes them: {'; '.join(parts)}."
+    )
+
+
 def privacy_statement(
-    sites: dict[str, SitePrivacy], delta: float, dp_enabled: bool, reproducible_noise: bool = False
+    sites: dict[str, SitePrivacy],
+    delta: float,
+    dp_enabled: bool,
+    reproducible_noise: bool = False,
+    pretrained_on: dict[str, Any] | None = None,
+    unreleased: list[dict[str, Any]] | None = None,
 ) -> str:
     """One line saying what was accounted, for people."""
+    public = f"{pretraining_sentence(pretrained_on)} {unreleased_sentence(unreleased)}".strip()
     if not dp_enabled:
-        return (
+        statement = (
             f"{NO_DP}: the generator was trained without DP on the data of "
             f"{', '.join(sorted(sites)) or 'no site'} and may memorise patients."
         )
+        return f"{statement} {public}".strip()
     worst = max((s.epsilon for s in sites.values()), default=0.0)
     names = ", ".join(sorted(sites)) or "no site"
     statement = (
@@ -102,7 +142,9 @@ def privacy_statement(
         f"{describe_epsilon(worst, delta)} (worst of: {names}); both the discriminator and "
         "the generator steps were DP-SGD on Poisson-sampled patients, one slice each."
     )
-    return f"{statement} {REPRODUCIBLE_NOISE}" if reproducible_noise else statement
+    if reproducible_noise:
+        statement = f"{statement} {REPRODUCIBLE_NOISE}"
+    return f"{statement} {public}".strip()
 
 
 def privacy_report(
@@ -113,9 +155,15 @@ def privacy_report(
     sites: dict[str, SitePrivacy],
     reproducible_noise: bool = False,
     target_epsilon: float | None = None,
+    pretrained_on: dict[str, Any] | None = None,
+    unreleased_rounds: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """``reproducible_noise``: privacy.insecure_reproducible_noise was on (see the statement);
-    ``target_epsilon``: privacy.target_epsilon the noise was calibrated for."""
+    ``target_epsilon``: privacy.target_epsilon the noise was calibrated for;
+    ``pretrained_on``: the public pre-training the generator started from
+    (``fedsynth.common.gan.init.public_pretraining``), None for a generator from scratch;
+    ``unreleased_rounds``: federated rounds that released no generator (round, reason, the
+    sites charged for it)."""
     worst = max((s.epsilon for s in sites.values()), default=0.0) if dp_enabled else math.inf
     reproducible_noise = reproducible_noise and dp_enabled
     entries = {name: s.to_json(delta) for name, s in sorted(sites.items())}
@@ -135,7 +183,14 @@ def privacy_report(
         "sites": entries,
         "worst_epsilon": worst if math.isfinite(worst) else None,
         "worst_epsilon_by_accountant": worst_by,
-        "statement": privacy_statement(sites, delta, dp_enabled, reproducible_noise),
+        # Public data the generator was pre-trained on before any site's data (not covered
+        # by the guarantee, and needing none: checked disjoint from the sites).
+        "pretrained_on": pretrained_on,
+        # Federated rounds that released no generator but charged the sites that trained.
+        "unreleased_rounds": list(unreleased_rounds or []),
+        "statement": privacy_statement(
+            sites, delta, dp_enabled, reproducible_noise, pretrained_on, unreleased_rounds
+        ),
     }
 
 
@@ -148,11 +203,14 @@ def write_privacy_json(
     sites: dict[str, SitePrivacy],
     reproducible_noise: bool = False,
     target_epsilon: float | None = None,
+    pretrained_on: dict[str, Any] | None = None,
+    unreleased_rounds: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write ``privacy.json`` atomically and return what was written."""
     report = privacy_report(
         accountant=accountant, delta=delta, dp_enabled=dp_enabled, sites=sites,
         reproducible_noise=reproducible_noise, target_epsilon=target_epsilon,
+        pretrained_on=pretrained_on, unreleased_rounds=unreleased_rounds,
     )  # fmt: skip
     atomic_write_json(path, report)
     return report
