@@ -414,10 +414,11 @@ def test_conv_transpose_per_sample_gradient_formula_matches_single_sample_backwa
 
 @pytest.mark.parametrize("frozen_weights", [False, True])
 def test_fast_conv2d_formula_matches_single_sample_backward(frozen_weights):
-    # Both paths of grad_samplers.conv2d_grad_sample: the grouped convolution (input
-    # channels per group a multiple of 8) and one call per sample (7 and 11 channels, as
-    # the first layers of G and D); strided, dilated, grouped, even kernel; and frozen
-    # weights (norm+bias fine-tuning: bias gradients only, nothing unfolded).
+    # Every path of grad_samplers.conv2d_grad_sample: the grouped convolution (input
+    # channels per group a multiple of 8), the same with zero-padded input channels (7 and
+    # 11 channels, as the first layers of G and D), one call per sample (3 channels per
+    # group, 2 groups); strided, dilated, grouped, even kernel; and frozen weights
+    # (norm+bias fine-tuning: bias gradients only, nothing unfolded).
     torch.manual_seed(0)
     net = torch.nn.Sequential(
         torch.nn.Conv2d(7, 16, 3, padding=1),
@@ -425,7 +426,8 @@ def test_fast_conv2d_formula_matches_single_sample_backward(frozen_weights):
         torch.nn.Conv2d(16, 16, 4, stride=2, padding=1, groups=2),
         torch.nn.Conv2d(16, 11, 3, padding=2, dilation=2),
         torch.nn.Conv2d(11, 8, 4, stride=2, padding=1),
-        torch.nn.Conv2d(8, 8, 3, padding=1, bias=False),
+        torch.nn.Conv2d(8, 6, 3, padding=1, bias=False),
+        torch.nn.Conv2d(6, 4, 3, padding=1, groups=2),
     )
     if frozen_weights:
         for name, p in net.named_parameters():

@@ -10,11 +10,14 @@
   (``privacy.trainable: norm+bias`` trains only the conv biases) gets its bias gradient
   without unfolding anything (Opacus unfolds first and checks ``requires_grad`` after).
 
-Measured on this project's layers (single thread, B = 16-32, benchmarks/bench_dp_step.py
-for the whole step): the grouped convolution is 1.1-7x faster than the unfold when the
-input channels per group are a multiple of 8 (oneDNN's blocked kernels), and slower for the
-7- and 11-channel inputs of the first layers (condition, condition + image): those take one
-weight-gradient call per sample instead (1.5-2x faster than the unfold there).
+Measured on this project's layers (single thread, B = 16-32): the grouped convolution is
+1.1-7x faster than the unfold when the input channels per group are a multiple of 8
+(oneDNN's blocked kernels), and slower for the 7- and 11-channel inputs of the first layers
+(condition, condition + image). Those are zero-padded to 8 / 16 channels first (with one
+group; the padded channels get zero gradients, sliced off): with 2 threads this took the
+whole 64 px DP step from 1.60x to 1.43x the non-DP step, against one weight-gradient call
+per sample (benchmarks/bench_dp_step.py, both in one quiet window). Grouped layers with such
+channel counts still take one call per sample.
 
 ConvTranspose2d: y = conv_transpose2d(x, W) is the adjoint of x' = conv2d(y', W) (same
 stride, padding, dilation), so for sample n
@@ -55,9 +58,12 @@ def conv2d_grad_sample(
     ret: dict[nn.Parameter, torch.Tensor] = {}
     if layer.weight.requires_grad:
         per_group = layer.in_channels // layer.groups
-        fn = (
-            _grouped_weight_grad if per_group % _GROUPED_CHANNEL_BLOCK == 0 else _looped_weight_grad
-        )
+        if per_group % _GROUPED_CHANNEL_BLOCK == 0:
+            fn = _grouped_weight_grad
+        elif layer.groups == 1:
+            fn = _padded_weight_grad
+        else:
+            fn = _looped_weight_grad
         ret[layer.weight] = fn(layer, x.contiguous(), backprops.contiguous())
     if layer.bias is not None and layer.bias.requires_grad:
         ret[layer.bias] = backprops.sum(dim=(2, 3))
@@ -76,6 +82,22 @@ def _grouped_weight_grad(layer: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> 
         groups=n * layer.groups,
     )  # fmt: skip
     return w.reshape(n, *layer.weight.shape)
+
+
+def _padded_weight_grad(layer: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    # Zero input channels up to the block size, the grouped convolution, then the real
+    # channels' slice: the padded channels only add zero gradients.
+    c = layer.in_channels
+    padded = -(-c // _GROUPED_CHANNEL_BLOCK) * _GROUPED_CHANNEL_BLOCK
+    xp = nn.functional.pad(x, (0, 0, 0, 0, 0, padded - c))
+    n = x.shape[0]
+    w = torch.nn.grad.conv2d_weight(
+        xp.reshape(1, -1, *x.shape[2:]),
+        (n * layer.out_channels, padded, *layer.kernel_size),
+        g.reshape(1, -1, *g.shape[2:]),
+        stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=n,
+    )  # fmt: skip
+    return w.reshape(n, layer.out_channels, padded, *layer.kernel_size)[:, :, :c].contiguous()
 
 
 def _looped_weight_grad(layer: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
