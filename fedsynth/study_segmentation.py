@@ -29,6 +29,7 @@ from fedsynth.common.config import Config
 REAL_ARMS = ("local", "pooled")
 SYNTHETIC_ARMS = ("synthetic", "local+synthetic")
 PER_PATIENT = "per_patient.csv"
+BASELINE_ARM = "public-only"  # the generator that never saw site data
 
 
 def with_arms(cfg: Config, arms: tuple[str, ...]) -> Config:
@@ -46,7 +47,10 @@ def real_benchmark(cfg: Config, out: Path) -> Path:
 
 def synthetic_benchmark(acfg: Config, synthetic: Path, folder: Path) -> Path:
     """The synthetic arms on ``synthetic``; returns the run's per_patient.csv."""
-    return run_benchmark(with_arms(acfg, SYNTHETIC_ARMS), folder, synthetic=synthetic).out / PER_PATIENT
+    return (
+        run_benchmark(with_arms(acfg, SYNTHETIC_ARMS), folder, synthetic=synthetic).out
+        / PER_PATIENT
+    )
 
 
 def read_rows(path: Path, prefix: str = "") -> list[dict[str, Any]]:
@@ -94,11 +98,17 @@ def dice_summary(rows: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]:
         if syn["WT"] is None:
             continue
         gain = paired_comparison(rows, f"{arm}|local+synthetic", "local", "WT", "dice")
+        vs_public = None
+        if arm != BASELINE_ARM:
+            vs_public = paired_comparison(
+                rows, f"{arm}|synthetic", f"{BASELINE_ARM}|synthetic", "WT", "dice"
+            )
         out["arms"][arm] = {
             "synthetic": syn,
             "ratio_to_pooled_wt": syn["WT"][0] / pooled["WT"][0] if pooled["WT"] else None,
             "local_synthetic_minus_local_wt": dataclasses.asdict(gain) if gain else None,
             "seed_differences_wt": seed_differences(rows, f"{arm}|local+synthetic", "local", "WT"),
+            "synthetic_minus_public_only_wt": dataclasses.asdict(vs_public) if vs_public else None,
         }
     return out
 
@@ -113,16 +123,24 @@ def dice_table(summary: dict[str, Any], eps_of: dict[str, str]) -> str:
         f"- local (per-site arm sites, real patients only): WT {_fmt(lo['WT'])}, "
         f"TC {_fmt(lo['TC'])}, ET {_fmt(lo['ET'])}", "",
         "| arm | epsilon (delta) | synthetic-only WT | TC | ET | WT / pooled | "
-        "local+synthetic - local, WT (p) | per seed |",
-        "|---|---|---|---|---|---|---|---|",
+        "synthetic WT - public-only's (p) | local+synthetic - local, WT (p) | per seed |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for arm, a in summary["arms"].items():
-        s, g = a["synthetic"], a["local_synthetic_minus_local_wt"]
-        gain = "n/a" if g is None else (
-            f"{_fmt((g['mean_diff'], g['ci_low'], g['ci_high']), signed=True)} "
-            f"(p {g['p_value']:.2g})")  # fmt: skip
+        s = a["synthetic"]
+        gain, vs_public = _paired(a["local_synthetic_minus_local_wt"]), _paired(
+            a["synthetic_minus_public_only_wt"])  # fmt: skip
         ratio = "n/a" if a["ratio_to_pooled_wt"] is None else f"{a['ratio_to_pooled_wt']:.2f}"
         seeds = ", ".join(f"{d:+.3f}" for d in a["seed_differences_wt"])
         lines.append(f"| {arm} | {eps_of.get(arm, '')} | {_fmt(s['WT'])} | {_fmt(s['TC'])} | "
-                     f"{_fmt(s['ET'])} | {ratio} | {gain} | {seeds} |")  # fmt: skip
+                     f"{_fmt(s['ET'])} | {ratio} | {vs_public} | {gain} | {seeds} |")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _paired(c: dict[str, Any] | None) -> str:
+    """A paired comparison as 'mean [low, high] (p value)'; n/a when it was not possible."""
+    if c is None:
+        return "n/a"
+    return (
+        f"{_fmt((c['mean_diff'], c['ci_low'], c['ci_high']), signed=True)} (p {c['p_value']:.2g})"
+    )

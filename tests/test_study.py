@@ -57,6 +57,7 @@ def test_segmentation_table_compares_synthetic_arms_with_real_ones(tmp_path):
     syn = seg["arms"]["public-only"]
     assert set(syn["synthetic"]) == {"WT", "TC", "ET"}
     assert len(syn["seed_differences_wt"]) == 2  # one mean difference per seed
+    assert syn["synthetic_minus_public_only_wt"] is None  # the baseline is not compared to itself
     assert syn["local_synthetic_minus_local_wt"]["patients"] == study["test_patients"]
     lo, mean, hi = seg["pooled"]["WT"][1], seg["pooled"]["WT"][0], seg["pooled"]["WT"][2]
     assert lo <= mean <= hi
