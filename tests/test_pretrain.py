@@ -13,7 +13,7 @@ from fedsynth.common.data.cohort import load_split, resolve_cohort
 from fedsynth.common.errors import CheckpointError, DataError
 from fedsynth.common.gan.init import load_init
 from fedsynth.common.rundir import PUBLIC_DATA_FILE
-from fedsynth.pretrain.public import check_disjoint, fingerprint
+from fedsynth.pretrain.public import check_disjoint, fingerprint, public_config
 from fedsynth.pretrain.run import pretrain
 
 # The smoke cohort as the sites' data; a 6-subject public phantom cohort at 4 mm.
@@ -51,6 +51,19 @@ def test_pretrain_writes_init_with_provenance_of_the_public_data(pretrained):
         json.loads(line) for line in (path.parent / "metrics.jsonl").read_text().splitlines()
     ]
     assert [m["step"] for m in metrics] == [2, 4] and metrics[-1]["mean"]["ssim"] > -1
+
+
+def test_pretraining_trains_every_parameter_whatever_the_sites_fine_tune(tmp_path):
+    """privacy.trainable names what the sites fine-tune under DP; the public pre-training
+    must still train the whole generator (it once trained only norm and bias terms of a
+    random network when the config said norm+bias, and the demo's generator was static)."""
+    from fedsynth.central import load_central_data
+    from fedsynth.common.gan.trainer import LocalTrainer
+
+    cfg = public_config(_cfg(tmp_path, "privacy.trainable=norm+bias"))
+    trainer = LocalTrainer(cfg, load_central_data(cfg).train, planned_steps=1, site="public")
+    frozen = [k for k, p in trainer.generator.named_parameters() if not p.requires_grad]
+    assert not frozen, f"pre-training froze {frozen[:3]}..."
 
 
 def test_public_phantom_subjects_and_scanners_differ_from_the_sites(pretrained, tmp_path):

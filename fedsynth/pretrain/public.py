@@ -27,8 +27,10 @@ PUBLIC_SITE = "site-0"  # the public cohort's training patients form one split g
 
 
 def public_config(cfg: Config) -> Config:
-    """The config that trains on the public cohort: its data and split, no DP, pretrain.*
-    optimisation settings, the same model (so its weights fit the federated run's)."""
+    """The config that trains on the public cohort: its data and split, no DP, every
+    generator parameter trained (``privacy.trainable`` is what the SITES fine-tune later; a
+    pre-training restricted to it would leave a random network), pretrain.* optimisation
+    settings, the same model (so its weights fit the federated run's)."""
     p = cfg.pretrain
     data = dataclasses.replace(cfg.data, source=p.source, cohort_dir=p.cohort_dir)
     split = SplitConfig(policy="iid", sites=1, test_fraction=p.test_fraction, seed=cfg.split.seed)
@@ -38,7 +40,7 @@ def public_config(cfg: Config) -> Config:
     )  # fmt: skip
     return dataclasses.replace(
         cfg, name=f"{cfg.name}-pretrain", data=data, phantom=p.phantom, split=split, train=train,
-        privacy=dataclasses.replace(cfg.privacy, enabled=False),
+        privacy=dataclasses.replace(cfg.privacy, enabled=False, trainable="all"),
         model=dataclasses.replace(cfg.model, init=None),
     )  # fmt: skip
 
