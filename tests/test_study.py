@@ -25,6 +25,8 @@ def test_arms_parse_and_configure_their_federated_run(tmp_path):
     for bad in ("finetune:everything:8", "scratch:all", "finetune:all:-1", "public"):
         with pytest.raises(ConfigError, match="study.arms"):
             check_study_arm(bad)
+    with pytest.raises(ConfigError, match="study.arms"):
+        load_config("configs/study.yaml", ["study.segmentation_arms=[public_only]"])
 
 
 def test_public_only_arm_is_scored_on_the_held_out_patients(tmp_path):

@@ -417,7 +417,8 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError("federation.byzantine_sites", "must be >= 0")
     if not 0.0 <= cfg.federation.release_ema < 1.0:
         raise ConfigError(
-            "federation.release_ema", f"must be in [0, 1) (0: off), got {cfg.federation.release_ema}"
+            "federation.release_ema",
+            f"must be in [0, 1) (0: off), got {cfg.federation.release_ema}",
         )
     if not 0.0 <= cfg.pretrain.ema_decay < 1.0:
         raise ConfigError("pretrain.ema_decay", f"must be in [0, 1), got {cfg.pretrain.ema_decay}")
@@ -429,8 +430,8 @@ def _check_ranges(cfg: Config) -> None:
     if not cfg.model.generator_channels or min(cfg.model.generator_channels) <= 0:
         raise ConfigError("model.generator_channels", "must be a non-empty list of positive ints")
     _check_synthesis(cfg.synthesis)
-    for arm in cfg.study.arms:
-        check_study_arm(arm)
+    for arm in [*cfg.study.arms, *(cfg.study.segmentation_arms or [])]:
+        check_study_arm(arm)  # a misspelt segmentation arm would otherwise be skipped silently
     _check_benchmark(cfg.benchmark)
 
 
