@@ -6,8 +6,8 @@ where a cache has three or more). The test patients are never seen here.
 
 Training draws ``batch_size`` slices per step from the union of the training parts (each
 slice equally likely, so a larger cache weighs more, as if the cohorts were pooled), a slice
-showing tumour with probability ``tumour_slice_prob``, augmented by random flips and
-per-contrast intensity jitter (``augment``). Loss: Dice + cross-entropy (MONAI DiceCELoss)
+showing tumour with probability ``tumour_slice_prob``, augmented (``augment.py``: flips and
+gain, and acquisition blur, gamma and noise). Loss: Dice + cross-entropy (MONAI DiceCELoss)
 on the 4 labels; Adam. Every ``eval_every`` steps the validation patients are scored in 3-D
 (mean Dice over WT, TC, ET); the weights with the best validation Dice are kept, and training
 stops when it has not improved by ``min_delta`` for ``patience`` evaluations, or after
@@ -32,15 +32,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedsynth.benchmark import augment
 from fedsynth.benchmark.metrics import SegmentationScores
 from fedsynth.benchmark.postprocess import choose_min_voxels, mean_dice, remove_small_tumours
 from fedsynth.common.config import BenchmarkConfig
 from fedsynth.common.data.cache import SliceCache
-
-# Intensity jitter: each contrast of each slice is scaled by 1 +- JITTER_SCALE and shifted by
-# +- JITTER_SHIFT (uniform), inside the brain only, the way scanners differ in gain and offset.
-JITTER_SCALE = 0.1
-JITTER_SHIFT = 0.1
 
 
 @dataclass(frozen=True)
@@ -58,6 +54,7 @@ class TrainSettings:
     patience: int = 5
     min_delta: float = 0.005
     augment: bool = True
+    acquisition_augment: bool = True  # blur, gamma, noise (benchmark/augment.py)
     lr_decay: float = 0.5  # learning-rate factor after two evaluations without a gain
     postprocess: bool = True  # choose a small-tumour threshold on the validation patients
 
@@ -75,6 +72,7 @@ class TrainSettings:
             patience=b.patience,
             min_delta=b.min_delta,
             augment=b.augment,
+            acquisition_augment=b.acquisition_augment,
             lr_decay=b.lr_decay,
             postprocess=b.postprocess,
         )
@@ -156,30 +154,6 @@ class SlicePool:
         return x, y
 
 
-def augment(
-    x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random flips of each slice along each in-plane axis, and per-slice, per-contrast gain
-    and offset jitter inside the brain (background stays exactly -1, as the cache stores it).
-
-    x float32 (B, 4, S, S), y int64 (B, 1, S, S); returns new tensors of the same shapes.
-    Done on the batch with torch (not per-sample MONAI transforms): one vectorised op per
-    batch keeps augmentation a small fraction of a CPU step.
-    """
-    b = x.shape[0]
-    for axis in (2, 3):
-        flip = torch.from_numpy(rng.random(b) < 0.5)
-        if flip.any():
-            x, y = x.clone(), y.clone()
-            x[flip] = x[flip].flip(axis)
-            y[flip] = y[flip].flip(axis)
-    scale = torch.from_numpy(rng.uniform(1 - JITTER_SCALE, 1 + JITTER_SCALE, (b, 4, 1, 1)))
-    shift = torch.from_numpy(rng.uniform(-JITTER_SHIFT, JITTER_SHIFT, (b, 4, 1, 1)))
-    brain = (x > -1.0).any(dim=1, keepdim=True)
-    jittered = (x * scale.float() + shift.float()).clamp(-1.0, 1.0)
-    return torch.where(brain, jittered, x), y
-
-
 @dataclass
 class LearningCurve:
     """One model's training record. steps[i]: step after which validation was scored;
@@ -249,7 +223,9 @@ def train_segmenter(
         model.to(device).train()
         x, y = pool.draw(settings.batch_size, settings.tumour_slice_prob, rng)
         if settings.augment:
-            x, y = augment(x, y, rng)
+            x, y = augment.flips_and_gain(x, y, rng)
+        if settings.acquisition_augment:
+            x = augment.acquisition(x, rng)
         loss = loss_fn(model(x.to(device)), y.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,0 +1,48 @@
+"""Segmenter training augmentation: labels follow flips, background untouched, reproducible."""
+
+import numpy as np
+import torch
+
+from fedsynth.benchmark import augment
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.full((16, 4, 32, 32), -1.0)
+    x[:, :, 8:24, 6:26] = torch.linspace(-0.5, 0.5, 20)  # a "brain" with a ramp
+    y = torch.zeros((16, 1, 32, 32), dtype=torch.int64)
+    y[:, :, 10:14, 6:9] = 2  # an asymmetric tumour at the ramp's dark end
+    return x, y
+
+
+def test_flips_move_labels_with_images_and_keep_the_background():
+    x, y = _batch()
+    ax, ay = augment.flips_and_gain(x, y, np.random.default_rng(0))
+    assert ax.shape == x.shape and ay.shape == y.shape
+    for i in range(16):  # the tumour is still where the ramp is darkest after any flip
+        dark = ax[i, 0][ay[i, 0] == 2].mean()
+        assert dark < ax[i, 0][(ax[i, 0] > -1) & (ay[i, 0] == 0)].mean()
+    # the brain box is symmetric, so flips keep the background where it was: exactly -1
+    assert torch.equal((ax == -1.0).all(dim=1), (x == -1.0).all(dim=1))
+    assert int((ay == 2).sum()) == int((y == 2).sum())
+
+
+def test_acquisition_adds_noise_blur_gamma_inside_the_brain_only():
+    x, _ = _batch()
+    out = augment.acquisition(x, np.random.default_rng(1))
+    outside = (x == -1.0).all(dim=1, keepdim=True).expand_as(x)
+    assert torch.equal(out[outside], x[outside])
+    assert out.min() >= -1.0 and out.max() <= 1.0
+    changed = (out - x).abs().amax(dim=(1, 2, 3)) > 1e-3
+    assert changed.sum() >= 8  # most slices get at least one of noise, gamma or blur
+    again = augment.acquisition(x, np.random.default_rng(1))
+    assert torch.equal(out, again)  # the seed reproduces the batch
+    assert not torch.equal(out, augment.acquisition(x, np.random.default_rng(2)))
+
+
+def test_blur_keeps_a_constant_image_and_smooths_an_edge():
+    flat = torch.full((4, 16, 16), 0.3)
+    assert torch.allclose(augment._blur(flat, 1.0), flat, atol=1e-6)
+    edge = torch.zeros((1, 16, 16))
+    edge[:, :, 8:] = 1.0
+    blurred = augment._blur(edge, 1.0)
+    assert 0.0 < float(blurred[0, 5, 7]) < 0.5 < float(blurred[0, 5, 8]) < 1.0
