@@ -163,7 +163,9 @@ def _segmentation(acfg: Config, checkpoint: Path, folder: Path) -> Path:
 
 
 def _audit(folder: Path) -> float | None:
-    audit = run_audit(folder, synthetic_dir=folder / "synthetic", overwrite=True)
+    synthetic = folder / "synthetic"
+    audit = run_audit(folder, synthetic_dir=synthetic if synthetic.is_dir() else None,
+                      overwrite=True)  # fmt: skip
     return audit.report["membership"]["overall"]["auc"]
 
 
