@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from fedsynth import __version__
@@ -218,25 +217,48 @@ def _summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def write_contact_sheet(samples: list[Any], path: Path) -> None:
-    """PNG: one row per sample case (largest-tumour slice): condition map, then T1, T1c, T2, FLAIR."""
-    # bg, CSF, GM, WM, necrotic, oedema, enhancing
-    cmap = ListedColormap(
-        ["black", "#2b4c7e", "#7a7a7a", "#d9d9d9", "#d62728", "#2ca02c", "#ffdd00"]
-    )
-    rows = max(len(samples), 1)
-    fig = Figure(figsize=(10, 2.1 * rows))
-    axes = fig.subplots(rows, 5, squeeze=False)
+# Condition map colours: bg, CSF, GM, WM, necrotic, oedema, enhancing (RGB, 0-255).
+LABEL_COLOURS = np.array(
+    [[0, 0, 0], [43, 76, 126], [122, 122, 122], [217, 217, 217], [214, 39, 40], [44, 160, 44],
+     [255, 221, 0]], np.uint8,
+)  # fmt: skip
+_GAP = 2  # pixels between tiles
+
+
+def contact_mosaic(samples: list[Any]) -> np.ndarray:
+    """The contact sheet's pixels: uint8 RGB (rows x (S + gap), 5 x (S + gap), 3), one row per
+    sample (condition map, then T1, T1c, T2, FLAIR in grey, [-1, 1] -> [0, 255]), each tile
+    in ``display_view``. Gaps are white."""
+    size = samples[0].tissue.shape[0] if samples else 1
+    step = size + _GAP
+    out = np.full((max(len(samples), 1) * step, 5 * step, 3), 255, np.uint8)
     for r, s in enumerate(samples):
-        cond = np.where(s.labels > 0, s.labels.astype(int) + 3, s.tissue.astype(int))
-        axes[r, 0].imshow(display_view(cond), cmap=cmap, vmin=0, vmax=6, interpolation="nearest")
-        axes[r, 0].set_ylabel(s.case_id, fontsize=8)
+        cond = np.where(s.labels > 0, s.labels.astype(np.intp) + 3, s.tissue.astype(np.intp))
+        tiles = [LABEL_COLOURS[display_view(np.clip(cond, 0, 6))]]
         for c in range(4):
-            axes[r, c + 1].imshow(display_view(s.images[c]), cmap="gray", vmin=-1, vmax=1)
+            grey = np.rint((np.clip(display_view(s.images[c]), -1, 1) + 1) * 127.5)
+            tiles.append(np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2))
+        for c, tile in enumerate(tiles):
+            out[r * step : r * step + size, c * step : c * step + size] = tile
+    return out
+
+
+def write_contact_sheet(samples: list[Any], path: Path) -> None:
+    """PNG: one row per sample case (largest-tumour slice): condition map, then T1, T1c, T2,
+    FLAIR, with the case ids and column titles.
+
+    Drawn as ONE image (``contact_mosaic``) in one axes: 30 matplotlib axes and
+    ``tight_layout`` cost ~0.4-0.6 s per cohort, more than writing 8 cases at 64 px.
+    """
+    rows = max(len(samples), 1)
+    fig = Figure(figsize=(10, 0.4 + 1.9 * rows))
+    top = 1 - 0.4 / (0.4 + 1.9 * rows)  # room for the column titles
+    ax = fig.add_axes((0.1, 0.0, 0.9, top))
+    ax.imshow(contact_mosaic(samples), interpolation="nearest", aspect="equal")
+    ax.set_axis_off()
     for c, title in enumerate(["label map", *MODALITIES]):
-        axes[0, c].set_title(title, fontsize=9)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    save_figure(fig, path, dpi=80)
+        fig.text(0.1 + 0.9 * (c + 0.5) / 5, top + 0.1 * (1 - top), title, ha="center", fontsize=9)
+    for r, s in enumerate(samples):
+        y = top * (1 - (r + 0.5) / rows)
+        fig.text(0.095, y, s.case_id, ha="right", va="center", fontsize=8)
+    save_figure(fig, path, dpi=80, pil_kwargs={"compress_level": 1})

