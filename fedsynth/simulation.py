@@ -9,11 +9,15 @@ one place that starts both sides.
 from __future__ import annotations
 
 import contextlib
+import inspect
+import logging
 import os
+import queue
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,10 @@ from fedsynth.common.data.cohort import record_skipped, resolve_cohort
 from fedsynth.common.io.atomic import mark_output
 from fedsynth.server import checkpointing
 from fedsynth.server.app import ServerSettings, make_server_app, write_run_config
+from fedsynth.server.polling import EngineSignals
 from fedsynth.server.strategy import check_aggregation
+
+log = logging.getLogger(__name__)
 
 # Ray's gRPC servers (GCS, raylet, every worker) listen on all interfaces unless the node's
 # address is 127.0.0.1, and on Linux Ray replaces a requested 127.0.0.1 by the machine's
@@ -75,6 +82,76 @@ def flower_environment(run_dir: Path) -> Iterator[Path]:
                 os.environ[k] = v
 
 
+# Flower's simulation engine (flwr/server/superlink/fleet/vce/vce_api.py, 1.42) moves
+# messages between the server's LinkState and the sites with two threads:
+# ``add_messages_to_queue`` looks for new messages every 0.1 s (a round's messages reach the
+# sites on average 50 ms after the server pushed them: ~2 % of a 2.5 s round, measured by
+# benchmarks/bench_federation.py) and ``put_message_into_state`` stores replies. The loops
+# below are Flower's, except that they wait on / ring ``EngineSignals``: messages leave as
+# soon as the server pushed them, and the server wakes as soon as a reply is stored.
+_ENGINE_IDLE_S = 0.1  # Flower's own interval: the longest wait without a signal
+_EXPECTED = {
+    "add_messages_to_queue": ["state", "queue", "nodes_mapping", "f_stop"],
+    "put_message_into_state": ["state", "queue", "f_stop"],
+}
+
+
+def _signalled_loops(signals: EngineSignals) -> dict[str, Callable[..., None]]:
+    """Drop-in replacements of the engine's two message movers (same arguments)."""
+
+    def add_messages_to_queue(
+        state: Any, messages: queue.Queue, nodes_mapping: dict, f_stop: threading.Event
+    ) -> None:
+        while not f_stop.is_set():
+            signals.pushed.clear()  # before the scan: a push during it rings again
+            found = False
+            for node_id in nodes_mapping:
+                for msg in state.get_message_ins(node_id=node_id, limit=1):
+                    messages.put(msg)
+                    found = True
+            if not found:
+                signals.pushed.wait(_ENGINE_IDLE_S)
+
+    def put_message_into_state(state: Any, replies: queue.Queue, f_stop: threading.Event) -> None:
+        while not f_stop.is_set():
+            try:
+                reply = replies.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            state.store_message_res(reply)
+            signals.replied.set()
+
+    return {
+        "add_messages_to_queue": add_messages_to_queue,
+        "put_message_into_state": put_message_into_state,
+    }
+
+
+@contextlib.contextmanager
+def engine_signals(signals: EngineSignals) -> Iterator[bool]:
+    """Run Flower's simulation engine with ``_signalled_loops`` in place of its polling
+    loops; yields whether they are in place. A Flower whose loops have other arguments keeps
+    its own (logged): the run is then only slower, never wrong."""
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    saved = {name: getattr(vce_api, name, None) for name in _EXPECTED}
+    fits = all(
+        fn is not None and list(inspect.signature(fn).parameters) == _EXPECTED[name]
+        for name, fn in saved.items()
+    )
+    if not fits:
+        log.info("Flower's simulation engine changed: keeping its 0.1 s message polling")
+        yield False
+        return
+    for name, fn in _signalled_loops(signals).items():
+        setattr(vce_api, name, fn)
+    try:
+        yield True
+    finally:
+        for name, fn in saved.items():
+            setattr(vce_api, name, fn)
+
+
 def backend_config(cfg: Config, ray_tmp: Path) -> dict:
     """Flower's Ray backend settings; ``init_args`` go to ``ray.init``.
 
@@ -105,8 +182,9 @@ def simulate(cfg: Config, run_dir: Path, client_app: Any = None) -> int:
     write_run_config(run_dir, cfg)
     # Generate a phantom cohort (or validate a real one) once, here, not in K racing workers.
     record_skipped(resolve_cohort(cfg), run_dir)  # invalid cases left out, listed in the run
-    settings = ServerSettings(cfg, run_dir, expected_sites=cfg.split.sites)
-    with flower_environment(run_dir) as ray_tmp:
+    signals = EngineSignals()
+    settings = ServerSettings(cfg, run_dir, expected_sites=cfg.split.sites, signals=signals)
+    with flower_environment(run_dir) as ray_tmp, engine_signals(signals):
         run_simulation(
             server_app=make_server_app(settings),
             client_app=client_app or fedsynth_client,

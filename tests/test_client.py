@@ -261,3 +261,44 @@ def test_a_failing_site_replies_with_an_error_naming_itself(tmp_path):
     node = {"data-path": str(tmp_path), "site-name": "site-7"}  # no ceiling: refused
     with pytest.raises(client_app.SiteError, match=r"\[site site-7\].*max-epsilon"):
         client_app.app(Message(content, metadata=meta), Context(1, 1, node, RecordDict(), {}))
+
+
+def test_the_trainer_state_is_durable_before_the_reply_exists_and_only_it(
+    tmp_path, cache_dir, monkeypatch
+):
+    """What must survive a crash is synced before the round's reply is even stored: the
+    trainer state (accountant, noise secret) is fsynced and its directory entry too. The
+    stored reply and the site's log are written without a directory / file sync: nothing
+    resumes from them (a lost reply means the repeated round is trained again, and
+    accounted), and each sync costs milliseconds of the round's critical path."""
+    import os
+
+    from fedsynth.common.io import atomic
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        events.append(("rename", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    cfg = _cfg(cache_dir)
+    site = _site(tmp_path / "run")
+    client_app.train_round(site, _request(cfg, tmp_path / "run"))
+    state = str(site.state_dir / client_app.STATE_FILE)
+    reply = str(site.state_dir / client_app.REPLY_FILE)
+    folder = str(site.state_dir)
+    renamed = [path for kind, path in events if kind == "rename"]
+    state_at, reply_at = renamed.index(state), renamed.index(reply)
+    assert state_at < reply_at
+    after_state = events[events.index(("rename", state)) :]
+    assert after_state[1] == ("fsync", folder)  # the state's directory entry, at once
+    before_reply = events[: events.index(("rename", reply))]
+    assert ("fsync", folder) not in events[len(before_reply) :]  # reply: no directory sync
+    assert not any(p.endswith(client_app.LOG_FILE) for kind, p in events if kind == "fsync")

@@ -252,6 +252,76 @@ def test_corrupt_state_file_is_a_checkpoint_error(tmp_path):
 # --------------------------------------------------------------------------- simulations
 
 
+class _FakeLinkState:
+    """The two LinkState calls the engine's message movers make, on plain lists."""
+
+    def __init__(self) -> None:
+        self.ins: dict[int, list[str]] = {7: []}
+        self.res: list[str] = []
+
+    def get_message_ins(self, node_id: int, limit: int) -> list[str]:
+        out, self.ins[node_id] = self.ins[node_id][:limit], self.ins[node_id][limit:]
+        return out
+
+    def store_message_res(self, msg: str) -> None:
+        self.res.append(msg)
+
+
+def test_engine_signals_move_messages_when_rung_and_restore_flowers_loops(monkeypatch):
+    """In simulation the engine's movers wait on the server's push instead of polling every
+    0.1 s, and ring the server when a reply is stored. The idle wait is set to 60 s here, so
+    a message delivered within seconds was delivered because of the push signal."""
+    import queue
+    import threading
+    import time
+
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    from fedsynth import simulation
+    from fedsynth.server.polling import EngineSignals
+
+    monkeypatch.setattr(simulation, "_ENGINE_IDLE_S", 60.0)
+    flowers = (vce_api.add_messages_to_queue, vce_api.put_message_into_state)
+    signals, state, stop = EngineSignals(), _FakeLinkState(), threading.Event()
+    to_sites, from_sites = queue.Queue(), queue.Queue()
+    with simulation.engine_signals(signals) as active:
+        assert active
+        movers = [
+            threading.Thread(target=vce_api.add_messages_to_queue, args=(state, to_sites, {7: 0}, stop)),
+            threading.Thread(target=vce_api.put_message_into_state, args=(state, from_sites, stop)),
+        ]  # fmt: skip
+        for t in movers:
+            t.start()
+        time.sleep(0.2)  # the mover has scanned once and now waits (60 s) for a push
+        state.ins[7].append("train")
+        signals.pushed.set()
+        t0 = time.monotonic()
+        assert to_sites.get(timeout=30) == "train"
+        assert time.monotonic() - t0 < 30
+        from_sites.put("reply")
+        assert signals.replied.wait(30) and state.res == ["reply"]
+        stop.set()
+        signals.pushed.set()  # end the 60 s wait
+        for t in movers:
+            t.join(timeout=30)
+            assert not t.is_alive()
+    assert (vce_api.add_messages_to_queue, vce_api.put_message_into_state) == flowers
+
+
+def test_engine_signals_leave_a_changed_flower_alone(monkeypatch):
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    from fedsynth import simulation
+    from fedsynth.server.polling import EngineSignals
+
+    def changed(state, queue, nodes_mapping, f_stop, extra):  # a future Flower's loop
+        raise AssertionError("not called here")
+
+    monkeypatch.setattr(vce_api, "add_messages_to_queue", changed)
+    with simulation.engine_signals(EngineSignals()) as active:
+        assert not active and vce_api.add_messages_to_queue is changed
+
+
 def _latest_generator(run_dir: Path) -> dict[str, np.ndarray]:
     latest = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
     return checkpointing.load_generator(run_dir / "checkpoints" / latest["generator"])

@@ -81,6 +81,45 @@ def test_bad_polling_settings_are_refused():
         polling.ProportionalPollGrid(None, fraction=1.5)  # type: ignore[arg-type]
 
 
+def test_with_engine_signals_a_stored_reply_wakes_the_grid_at_once():
+    """With an in-process engine's signals the grid waits on ``replied`` instead of sleeping:
+    here the pause is 30 s, yet the round ends when the engine stores the last reply; the
+    push rings ``pushed`` for the engine. (Real time, generous bounds: not a timing test.)"""
+    import time
+
+    signals = polling.EngineSignals()
+    stored: set[str] = set()
+
+    class EngineGrid:
+        def push_messages(self, messages):
+            return ["a", "b"]
+
+        def pull_messages(self, ids):
+            ready = [i for i in ids if i in stored]
+            return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i)) for i in ready]
+
+    def engine() -> None:
+        assert signals.pushed.wait(10)
+        for msg_id in ("a", "b"):
+            time.sleep(0.05)
+            stored.add(msg_id)
+            signals.replied.set()
+
+    wrapped = polling.ProportionalPollGrid(
+        EngineGrid(),  # type: ignore[arg-type]
+        min_s=30.0,
+        max_s=30.0,
+        signals=signals,
+    )
+    worker = threading.Thread(target=engine)
+    worker.start()
+    t0 = time.monotonic()
+    replies = wrapped.send_and_receive([], timeout=3600)
+    worker.join()
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["a", "b"]
+    assert time.monotonic() - t0 < 20  # not a 30 s pause
+
+
 def _weights() -> dict[str, np.ndarray]:
     return {"w": np.ones((2, 3), np.float32)}
 

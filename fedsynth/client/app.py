@@ -130,13 +130,19 @@ def reply_metrics(
 
 def log_locally(site: SiteIdentity, server_round: int, report: StepReport) -> None:
     """The round's losses, patients sampled and time: data-dependent, unaccounted, so they
-    stay in the site's own log (``<state dir>/log.jsonl``) and never enter a reply."""
-    append_jsonl(site.state_dir / LOG_FILE, {"round": server_round, **report.to_dict()})
+    stay in the site's own log (``<state dir>/log.jsonl``) and never enter a reply. Not
+    fsynced: nothing resumes from it, and it is on the round's critical path."""
+    row = {"round": server_round, **report.to_dict()}
+    append_jsonl(site.state_dir / LOG_FILE, row, sync=False)
 
 
 def store_reply(
     site: SiteIdentity, req: TrainRequest, weights: dict[str, np.ndarray], metrics: dict[str, Any]
 ) -> None:
+    """Keep the reply to resend it on a repeated request. Not durable (no directory fsync,
+    unlike the trainer state): after a power loss the site may find the previous reply,
+    which does not match the repeated request, and then trains the round again; its
+    accountant (saved durably first) counts that round too."""
     save_checkpoint(
         site.state_dir / REPLY_FILE,
         {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()},
@@ -149,6 +155,7 @@ def store_reply(
                 for k, v in metrics.items()
             }
         },
+        durable=False,
     )
 
 

@@ -35,7 +35,7 @@ from fedsynth.common.models.registry import build_generator
 from fedsynth.common.rundir import RunDir
 from fedsynth.server import checkpointing
 from fedsynth.server.evaluation import HeldOutEvaluator
-from fedsynth.server.polling import ProportionalPollGrid
+from fedsynth.server.polling import EngineSignals, ProportionalPollGrid
 from fedsynth.server.rounds import RoundRecorder
 from fedsynth.server.strategy import build_strategy, check_aggregation
 
@@ -48,6 +48,8 @@ class ServerSettings:
     run_dir: Path
     expected_sites: int  # SuperNodes the first round waits for
     progress: bool = True  # a bar over rounds (fedsynth simulate; not under flwr run's log)
+    # Wake-ups shared with an engine in this process (fedsynth.simulation); None: polling only.
+    signals: EngineSignals | None = None
 
 
 def settings_from_run_config(run_config: dict[str, object]) -> ServerSettings:
@@ -139,7 +141,7 @@ def run_server(grid: Grid, settings: ServerSettings) -> checkpointing.ServerStat
     recorder.strategy = strategy
     try:
         strategy.start(
-            ProportionalPollGrid(grid),
+            ProportionalPollGrid(grid, signals=settings.signals),
             to_array_record(weights),
             num_rounds=remaining,
             timeout=cfg.federation.round_timeout_s,

@@ -8,10 +8,17 @@ sleeps ``fraction`` x the time waited so far between pulls (within ``[min_s, max
 the delay after the last reply is at most ~``fraction`` of the round (or ``min_s``), while
 the number of pulls grows only with the logarithm of the round's length (about 280 pulls
 for a 3 s round, 580 for a minute, 1130 for ten: then one per ``max_s``).
+
+In Flower's simulation engine, the engine and the server share one process, so they can do
+better than polling: with ``EngineSignals`` (fedsynth.simulation wires them into the
+engine), the grid rings ``pushed`` after pushing a round's messages and the engine rings
+``replied`` after storing each reply; the grid waits on ``replied`` instead of sleeping, so
+a round ends as soon as its last reply is stored.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 
@@ -21,27 +28,48 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 
+class EngineSignals:
+    """Wake-ups between the server's grid and an engine in the same process.
+
+    ``pushed``: set by the grid after it pushed messages (the engine may deliver them now).
+    ``replied``: set by the engine after it stored a reply (the grid may pull it now).
+    """
+
+    def __init__(self) -> None:
+        self.pushed = threading.Event()
+        self.replied = threading.Event()
+
+
 class ProportionalPollGrid(Grid):
     """``grid`` with a ``send_and_receive`` that polls at intervals proportional to the wait.
 
     Every other method is the wrapped grid's. ``fraction``: sleep between pulls as a
     fraction of the time waited so far; ``min_s`` / ``max_s``: bounds of that sleep, seconds.
+    ``signals``: an in-process engine's wake-ups; between pulls the grid then waits on
+    ``signals.replied`` (at most the same pause) instead of sleeping.
     """
 
     def __init__(
-        self, grid: Grid, *, fraction: float = 0.01, min_s: float = 0.005, max_s: float = 1.0
+        self,
+        grid: Grid,
+        *,
+        fraction: float = 0.01,
+        min_s: float = 0.005,
+        max_s: float = 1.0,
+        signals: EngineSignals | None = None,
     ):
         if not (0 < fraction < 1 and 0 < min_s <= max_s):
             raise ValueError(
                 f"need 0 < fraction < 1 and 0 < min_s <= max_s, got {fraction}, {min_s}, {max_s}"
             )
         self.grid, self.fraction, self.min_s, self.max_s = grid, fraction, min_s, max_s
+        self.signals = signals
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         """Push ``messages``, then pull replies until all arrived or ``timeout`` s passed."""
-        pending = set(self.grid.push_messages(messages))
+        pending = set(self.push_messages(messages))
         start = time.monotonic()
         end = None if timeout is None else start + timeout
         replies: list[Message] = []
@@ -53,8 +81,18 @@ class ProportionalPollGrid(Grid):
             if not pending or (end is not None and now >= end):
                 break
             pause = min(self.max_s, max(self.min_s, self.fraction * (now - start)))
-            time.sleep(pause if end is None else min(pause, end - now))
+            self._pause(pause if end is None else min(pause, end - now))
         return replies
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less when the engine signals a stored reply."""
+        if self.signals is None:
+            time.sleep(seconds)
+            return
+        # Cleared after the wait, before the next pull: a reply stored after that pull sets
+        # it again, so the following wait returns at once and nothing is missed.
+        self.signals.replied.wait(seconds)
+        self.signals.replied.clear()
 
     # -- the wrapped grid's own behaviour ------------------------------------------------
 
@@ -82,7 +120,10 @@ class ProportionalPollGrid(Grid):
         return self.grid.get_nodes()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
+        ids = list(self.grid.push_messages(messages))
+        if self.signals is not None:
+            self.signals.pushed.set()
+        return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self.grid.pull_messages(message_ids)

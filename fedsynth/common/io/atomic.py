@@ -128,14 +128,20 @@ def atomic_write_json(path: str | Path, obj: Any, *, durable: bool = False) -> N
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", durable=durable)
 
 
-def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
-    """Append one JSON line and flush it to disk (a killed run loses at most that line)."""
+def append_jsonl(path: str | Path, record: dict[str, Any], *, sync: bool = True) -> None:
+    """Append one JSON line and flush it to disk (a killed run loses at most that line).
+
+    ``sync=False``: flushed to the OS but not fsynced; a killed process still loses nothing
+    (the kernel holds the line), a power loss may lose the last lines. For logs nothing is
+    resumed from, written on a critical path (a site's own training log).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
         f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
 
 
 @contextlib.contextmanager

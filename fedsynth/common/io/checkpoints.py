@@ -46,9 +46,11 @@ def save_checkpoint(
     config_hash: str,
     step: int,
     extra: Mapping[str, Any] | None = None,
+    durable: bool = True,
 ) -> Path:
     """Write ``tensors`` and metadata to ``path`` atomically and durably (temporary file,
-    fsync, rename, directory fsync)."""
+    fsync, rename, directory fsync). ``durable=False`` skips the directory fsync (see
+    ``atomic_path``): for files nothing is resumed from."""
     path = Path(path)
     # safetensors refuses shared or non-contiguous storage: store independent CPU copies.
     data = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
@@ -59,7 +61,7 @@ def save_checkpoint(
         "step": str(int(step)),
         "extra": json.dumps(dict(extra or {}), sort_keys=True),
     }
-    with atomic_path(path, durable=True) as tmp:  # resume must find it after a crash
+    with atomic_path(path, durable=durable) as tmp:  # resume must find it after a crash
         save_file(data, str(tmp), metadata=metadata)
     return path
 
