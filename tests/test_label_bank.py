@@ -71,6 +71,57 @@ def test_atlas_cases_are_deterministic_and_differ_between_cases(atlas):
     assert not np.array_equal(atlas.load(0).tissue, atlas.load(2).tissue)  # deformed per case
 
 
+def _same_case(a, b) -> None:
+    for name in ("tissue", "labels", "brain", "affine"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and np.array_equal(x, y), name
+    assert (a.case_id, a.source, a.source_subject, a.anatomy_subject, a.edits) == (
+        b.case_id, b.source, b.source_subject, b.anatomy_subject, b.edits,
+    )  # fmt: skip
+
+
+def test_cached_atlas_cases_equal_built_ones_and_later_banks_read_them(
+    atlas, tmp_path, monkeypatch
+):
+    """A bank with a cache folder stores each case it builds; a later bank with the same
+    settings reads them (the builder is not called) and gets exactly the same cases."""
+    from fedsynth.synthesis import label_bank
+
+    first = atlas_bank(4, VOXEL, seed=3, healthy_fraction=0.25, cache_dir=tmp_path)
+    for i in range(4):
+        _same_case(first.load(i), atlas.load(i))
+    stored = sorted((tmp_path / label_bank.ATLAS_CACHE).glob("*.npz"))
+    assert len(stored) == 4
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("rebuilt a cached atlas case")
+
+    monkeypatch.setattr(label_bank, "atlas_case", no_build)
+    again = atlas_bank(4, VOXEL, seed=3, healthy_fraction=0.25, cache_dir=tmp_path)
+    for i in range(4):
+        _same_case(again.load(i), atlas.load(i))
+    with pytest.raises(AssertionError, match="rebuilt"):  # other settings: other cases
+        atlas_bank(4, VOXEL, seed=4, healthy_fraction=0.25, cache_dir=tmp_path).load(0)
+    monkeypatch.setattr(label_bank, "ATLAS_VERSION", label_bank.ATLAS_VERSION + 1)
+    with pytest.raises(AssertionError, match="rebuilt"):  # changed atlas code: rebuilt
+        atlas_bank(4, VOXEL, seed=3, healthy_fraction=0.25, cache_dir=tmp_path).load(0)
+
+
+def test_a_damaged_cached_atlas_case_is_rebuilt(atlas, tmp_path):
+    from fedsynth.synthesis import label_bank
+
+    atlas_bank(4, VOXEL, seed=3, healthy_fraction=0.25, cache_dir=tmp_path).load(1)
+    (path,) = (tmp_path / label_bank.ATLAS_CACHE).glob("*.npz")
+    path.write_bytes(path.read_bytes()[:100])  # cut short
+    _same_case(atlas_bank(4, VOXEL, 3, 0.25, cache_dir=tmp_path).load(1), atlas.load(1))
+    with np.load(path) as z:  # stored again, whole
+        np.testing.assert_array_equal(z["labels"], atlas.load(1).labels)
+    bad = atlas.load(1).tissue.copy()
+    bad[bad == 0] = 7  # not an atlas case's tissue map
+    np.savez_compressed(path, tissue=bad, labels=atlas.load(1).labels, affine=np.eye(4))
+    _same_case(atlas_bank(4, VOXEL, 3, 0.25, cache_dir=tmp_path).load(1), atlas.load(1))
+
+
 def test_synthetic_cases_carry_provenance_and_stay_valid(atlas):
     cfg = SynthesisConfig(
         p_transplant=0.5, p_scale=1.0, p_rotate=0.5, p_translate=1.0, p_remove=0.0, seed=1

@@ -78,3 +78,24 @@ def test_stored_volumes_equal_unslice_then_stored_intensity():
     assert want.dtype == np.float32 and got.dtype == np.int16  # what the files store
     np.testing.assert_array_equal(got, want)
     assert got[:, ~case.brain].max() == 0 and got[:, case.brain].min() >= 1
+
+
+def test_generator_threads_leave_a_core_to_the_pipeline_and_restore_the_count():
+    import torch
+
+    from fedsynth.synthesis.generate import PIPELINE_CORES, generator_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        with generator_threads(torch.device("cpu")):
+            assert torch.get_num_threads() == 3 - PIPELINE_CORES
+        assert torch.get_num_threads() == 3
+        torch.set_num_threads(1)
+        with generator_threads(torch.device("cpu")):
+            assert torch.get_num_threads() == 1  # never below one
+        torch.set_num_threads(3)
+        with generator_threads("cuda:0"):  # the GPU does the work: threads untouched
+            assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -15,8 +15,10 @@ folder is built under a temporary name and renamed into place when complete.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,6 +221,27 @@ def _sample_slice(case_id: str, stack: SliceStack, fake: np.ndarray) -> SampleSl
     return SampleSlice(case_id, stack.tissue[k], stack.labels[k], images)
 
 
+# CPU cores left to the pipeline's two other threads (label cases ahead, writing behind):
+# the generator's torch threads otherwise share every core with them, and a forward pass
+# waits at each barrier for its thread that lost its core to the writer.
+PIPELINE_CORES = 1
+
+
+@contextlib.contextmanager
+def generator_threads(device: Any) -> Iterator[None]:
+    """On a CPU: torch threads for the generator = current count - ``PIPELINE_CORES`` (at
+    least 1) for the block, then restored. No-op on other devices."""
+    threads = torch.get_num_threads()
+    if str(device) != "cpu" or threads <= 1:
+        yield
+        return
+    torch.set_num_threads(max(1, threads - PIPELINE_CORES))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @dataclass
 class SynthesisResult:
     out: Path
@@ -258,7 +281,11 @@ def synthesize(
     provenance, samples, n_slices = [], [], 0
     start = time.perf_counter()
     # Label cases are built one ahead and cases written behind the generator (pipeline.py).
-    with atomic_directory(out, overwrite=overwrite) as tmp, BackgroundWriter() as writer:
+    with (
+        atomic_directory(out, overwrite=overwrite) as tmp,
+        BackgroundWriter() as writer,
+        generator_threads(device),
+    ):
         bar = tqdm(
             prefetch(synthetic_label_cases(bank, n, cfg.synthesis)),
             total=n,
