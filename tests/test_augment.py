@@ -46,3 +46,30 @@ def test_blur_keeps_a_constant_image_and_smooths_an_edge():
     edge[:, :, 8:] = 1.0
     blurred = augment._blur(edge, 1.0)
     assert 0.0 < float(blurred[0, 5, 7]) < 0.5 < float(blurred[0, 5, 8]) < 1.0
+
+
+def test_bias_fields_are_smooth_multiplicative_and_reproducible():
+    x = torch.full((64, 4, 32, 32), -1.0)
+    x[:, :, 4:28, 4:28] = 0.0  # a flat brain at half intensity
+    out = augment.bias_fields(x, np.random.default_rng(3))
+    assert torch.equal(out, augment.bias_fields(x, np.random.default_rng(3)))
+    brain = x[0, 0] > -1
+    ratio = ((out + 1) / (x + 1).clamp_min(1e-6))[:, :, brain]  # field values on the brain
+    hit = (ratio - 1).abs().amax(dim=2) > 1e-4
+    assert 0.15 < hit.float().mean() < 0.45  # about BIAS_PROB of (slice, contrast) pairs
+    assert torch.equal(out[~hit], x[~hit])  # the others untouched
+    fields = ratio[hit]
+    assert (fields > 0).all()
+    spread = fields.amax(dim=1) / fields.amin(dim=1)
+    assert (spread > 1.0 + 1e-3).all()  # a field, not a constant gain
+    # smooth: neighbouring pixels differ by far less than the field's range across the brain
+    img = ((out + 1) / 2)[hit.nonzero()[0, 0], hit.nonzero()[0, 1], 4:28, 4:28]
+    assert float((img[1:] - img[:-1]).abs().max()) < 0.4 * float(img.max() - img.min())  # noise: ~1
+
+
+def test_acquisition_with_bias_field_keeps_the_background():
+    x, _ = _batch()
+    out = augment.acquisition(x, np.random.default_rng(4), bias_field=True)
+    outside = (x == -1.0).all(dim=1, keepdim=True).expand_as(x)
+    assert torch.equal(out[outside], x[outside])
+    assert out.min() >= -1.0 and out.max() <= 1.0

@@ -7,11 +7,13 @@ Two families, each on by its own switch:
   tutorials use: RandScaleIntensity / RandShiftIntensity 0.1);
 - acquisition (``benchmark.acquisition_augment``): Gaussian blur, gamma and Gaussian noise
   with nnU-Net's kinds of ranges (blur sigma 0.5-1 px, gamma 0.7-1.5, noise sigma up to 0.1
-  of the [-1, 1] intensity range), noise on half the slices rather than nnU-Net's tenth.
+  of the [-1, 1] intensity range), noise on half the slices rather than nnU-Net's tenth;
+  and (``benchmark.bias_field_augment``) a smooth multiplicative bias field per contrast,
+  MONAI's ``RandBiasField`` with its default degree and coefficient range.
   Why: a pix2pix generator renders the conditional mean of an image, so synthetic slices
   carry no acquisition noise, bias or blur (see any sample grid), and a segmenter trained on
-  them alone meets all three for the first time on the test patients. The ranges were set
-  once from nnU-Net's defaults, not tuned on any score.
+  them alone meets all of them for the first time on the test patients. The ranges were set
+  once from nnU-Net's and MONAI's defaults, not tuned on any score.
 
 Everything happens inside the brain; the background stays exactly -1, as the cache stores it.
 Parameters come from the caller's numpy generator, so a seed reproduces the batch.
@@ -22,12 +24,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.transforms import RandBiasField
 
 JITTER_SCALE = 0.1  # gain 1 +- this
 JITTER_SHIFT = 0.1  # offset +- this
 BLUR_PROB, BLUR_SIGMA = 0.2, (0.5, 1.0)  # per slice; sigma in pixels
 GAMMA_PROB, GAMMA_RANGE = 0.3, (0.7, 1.5)  # per slice and contrast
 NOISE_PROB, NOISE_SIGMA = 0.5, (0.0, 0.1)  # per slice; sigma in [-1, 1] intensity units
+BIAS_PROB = 0.3  # per slice and contrast; field: MONAI RandBiasField defaults (degree 3)
 
 
 def flips_and_gain(
@@ -47,10 +51,13 @@ def flips_and_gain(
     return _in_brain(x, x * scale.float() + shift.float()), y
 
 
-def acquisition(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """x float32 (B, 4, S, S) -> a copy with random blur, gamma and noise inside the brain."""
+def acquisition(
+    x: torch.Tensor, rng: np.random.Generator, bias_field: bool = False
+) -> torch.Tensor:
+    """x float32 (B, 4, S, S) -> a copy with random blur, gamma and noise (and, with
+    ``bias_field``, a smooth bias field) inside the brain."""
     b = x.shape[0]
-    out = x.clone()
+    out = bias_fields(x, rng) if bias_field else x.clone()
     for i in np.flatnonzero(rng.random(b) < BLUR_PROB):
         out[i] = _blur(out[i], float(rng.uniform(*BLUR_SIGMA)))
     gamma = np.where(rng.random((b, 4)) < GAMMA_PROB, rng.uniform(*GAMMA_RANGE, (b, 4)), 1.0)
@@ -62,6 +69,19 @@ def acquisition(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         torch.randn(out.shape, generator=gen) * torch.from_numpy(sigma).float()[:, None, None, None]
     )
     return _in_brain(x, out + noise)
+
+
+def bias_fields(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """x float32 (B, 4, S, S) in [-1, 1] -> a copy where each (slice, contrast) is, with
+    probability BIAS_PROB, multiplied (on the [0, 1] intensity scale) by its own random
+    smooth field exp(Legendre polynomial of degree 3) from MONAI's RandBiasField."""
+    out = x.clone()
+    field = RandBiasField(prob=1.0)
+    field.set_random_state(seed=int(rng.integers(2**31)))
+    for i, c in np.argwhere(rng.random(x.shape[:2]) < BIAS_PROB):
+        unit = (out[i, c : c + 1] + 1) / 2
+        out[i, c] = torch.as_tensor(field(unit)).float()[0] * 2 - 1
+    return out
 
 
 def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -55,6 +55,7 @@ class TrainSettings:
     min_delta: float = 0.005
     augment: bool = True
     acquisition_augment: bool = True  # blur, gamma, noise (benchmark/augment.py)
+    bias_field_augment: bool = False  # smooth bias field, part of the acquisition family
     lr_decay: float = 0.5  # learning-rate factor after two evaluations without a gain
     postprocess: bool = True  # choose a small-tumour threshold on the validation patients
 
@@ -73,6 +74,7 @@ class TrainSettings:
             min_delta=b.min_delta,
             augment=b.augment,
             acquisition_augment=b.acquisition_augment,
+            bias_field_augment=b.bias_field_augment,
             lr_decay=b.lr_decay,
             postprocess=b.postprocess,
         )
@@ -225,7 +227,7 @@ def train_segmenter(
         if settings.augment:
             x, y = augment.flips_and_gain(x, y, rng)
         if settings.acquisition_augment:
-            x = augment.acquisition(x, rng)
+            x = augment.acquisition(x, rng, bias_field=settings.bias_field_augment)
         loss = loss_fn(model(x.to(device)), y.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
