@@ -266,3 +266,36 @@ def test_an_earlier_checkpoint_of_the_run_is_described_by_its_own_record(cfg, tm
     synthesize(cfg, RunDir(run_dir).generator, tmp_path / "latest", cases=1, progress=False)
     priv = json.loads((tmp_path / "latest" / "datasheet.json").read_text())["privacy"]
     assert priv["source"] == "privacy.json" and priv["worst_epsilon"] == 5.0
+
+
+def test_fedsynth_reads_its_synthetic_intensities_back_without_re_windowing(cfg, tmp_path):
+    """A generated image has no noise tail: the percentile window would stretch it so that
+    every contrast reaches exactly +1. Read back with the stored scale, the slices keep the
+    generator's own values (an untrained generator's tanh output stays well inside (-1, 1))."""
+    from fedsynth.benchmark.data import cohort_slices
+    from fedsynth.synthesis.intensity import INTENSITY_SCALE, stored_scale
+
+    out = tmp_path / "syn"
+    synthesize(cfg, _save_central(cfg, tmp_path / "g.safetensors"), out, 2, progress=False)
+    assert stored_scale(out) == INTENSITY_SCALE
+    run_cfg = load_config(CONFIG, [*OVERRIDES, f"data.cache_dir={tmp_path / 'cache'}"])
+    cache = cohort_slices(run_cfg, out, "synthetic")
+    images = np.asarray(cache.images)
+    brain = images > -1
+    stored = nib.load(out / "synth_0000" / "synth_0000_t1.nii.gz").get_fdata()
+    x = stored[stored > 0] / INTENSITY_SCALE - 1  # the generator's values as written
+    assert images[brain].max() < 0.99  # re-windowed, each contrast's max would be exactly 1
+    assert images[:, 0][brain[:, 0]].mean() == pytest.approx(x.mean(), abs=0.05)
+
+
+def test_stored_scale_is_none_for_other_cohorts_and_reads_old_datasheets(tmp_path):
+    from fedsynth.synthesis.intensity import INTENSITY_SCALE, stored_scale
+
+    assert stored_scale(tmp_path) is None  # no datasheet: a real cohort
+    (tmp_path / "datasheet.json").write_text("{not json")
+    assert stored_scale(tmp_path) is None
+    words = "int16, generator output [-1, 1] -> [0, 1000]; 0 outside the brain"
+    (tmp_path / "datasheet.json").write_text(json.dumps({"layout": {"intensity": words}}))
+    assert stored_scale(tmp_path) == INTENSITY_SCALE  # written before intensity_scale existed
+    (tmp_path / "datasheet.json").write_text(json.dumps({"layout": {"intensity_scale": 250}}))
+    assert stored_scale(tmp_path) == 250.0
