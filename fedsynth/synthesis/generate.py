@@ -46,8 +46,8 @@ from fedsynth.synthesis.case import LabelCase
 from fedsynth.synthesis.datasheet import build_datasheet, write_contact_sheet
 from fedsynth.synthesis.generator_io import load_generator
 from fedsynth.synthesis.intensity import INTENSITY_SCALE
-from fedsynth.synthesis.label_bank import build_label_bank, synthetic_label_cases
-from fedsynth.synthesis.pipeline import BackgroundWriter, prefetch
+from fedsynth.synthesis.label_bank import LabelBank, build_label_bank, synthetic_label_cases
+from fedsynth.synthesis.pipeline import BackgroundWriter, Prefetch
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +242,26 @@ def generator_threads(device: Any) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+CONTACT_SHEET_ROWS = 6  # the first cases' largest-tumour slices, one row each
+# Cases written at once: when the generator is done, the last two cases are written on two
+# cores instead of one after the other (each case writes only its own files).
+WRITER_THREADS = 2
+
+
+class LabelCases:
+    """The label cases of one synthesis, ``(i, case)`` for i < n, with their bank built on
+    first iteration: in the prefetch thread, while the main thread loads the generator (a
+    bad checkpoint is still reported before a bad label source). ``bank`` is set then."""
+
+    def __init__(self, cfg: Config, n: int):
+        self.cfg, self.n = cfg, n
+        self.bank: LabelBank | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, LabelCase]]:
+        self.bank = build_label_bank(self.cfg)
+        yield from synthetic_label_cases(self.bank, self.n, self.cfg.synthesis)
+
+
 @dataclass
 class SynthesisResult:
     out: Path
@@ -273,42 +293,41 @@ def synthesize(
         raise ValueError(f"cases must be >= 1, got {n}")
     if out.exists() and not overwrite:
         raise OutputExistsError(out)
-    gen = load_generator(checkpoint, fallback=cfg)
-    device = resolve_device(cfg.synthesis.device)
-    gen.module.to(device)
-    torch.manual_seed(cfg.synthesis.seed)
-    bank = build_label_bank(cfg)
-    provenance, samples, n_slices = [], [], 0
-    start = time.perf_counter()
-    # Label cases are built one ahead and cases written behind the generator (pipeline.py).
-    with (
-        atomic_directory(out, overwrite=overwrite) as tmp,
-        BackgroundWriter() as writer,
-        generator_threads(device),
-    ):
-        bar = tqdm(
-            prefetch(synthetic_label_cases(bank, n, cfg.synthesis)),
-            total=n,
-            unit="case",
-            desc="synthesize",
-            disable=not progress,
-        )
-        for i, case in bar:
-            case_id = synthetic_id(i)
-            stack = slice_case(case, gen.image_size)
-            fake = generate_slices(gen.module, stack, cfg.synthesis.batch_size, device)
-            writer.submit(finish_case, tmp / case_id, case_id, case, fake, stack)
-            n_slices += len(stack.z)
-            provenance.append({"case": case_id, **case.provenance()})
-            if len(samples) < 6:
-                samples.append(_sample_slice(case_id, stack, fake))
-            bar.set_postfix(slices=n_slices)
-        writer.wait()
-        seconds = time.perf_counter() - start
-        rows = [(p["case"], SCANNER_SITE, "") for p in provenance]
-        atomic_write_text(tmp / "manifest.csv", manifest_text(rows))
-        sheet = build_datasheet(cfg, gen, bank, provenance, n_slices=n_slices, device=str(device))
-        atomic_write_json(tmp / "datasheet.json", sheet)
-        write_contact_sheet(samples, tmp / "contact_sheet.png")
+    # Label cases are built one ahead (from now on: the first while the generator loads) and
+    # cases written behind the generator (pipeline.py).
+    label_cases = LabelCases(cfg, n)
+    with Prefetch(label_cases) as ahead:
+        gen = load_generator(checkpoint, fallback=cfg)
+        device = resolve_device(cfg.synthesis.device)
+        gen.module.to(device)
+        torch.manual_seed(cfg.synthesis.seed)
+        provenance, samples, n_slices = [], [], 0
+        start = time.perf_counter()
+        with (
+            atomic_directory(out, overwrite=overwrite) as tmp,
+            BackgroundWriter(workers=WRITER_THREADS) as writer,
+            generator_threads(device),
+        ):
+            bar = tqdm(ahead, total=n, unit="case", desc="synthesize", disable=not progress)
+            for i, case in bar:
+                case_id = synthetic_id(i)
+                stack = slice_case(case, gen.image_size)
+                fake = generate_slices(gen.module, stack, cfg.synthesis.batch_size, device)
+                writer.submit(finish_case, tmp / case_id, case_id, case, fake, stack)
+                n_slices += len(stack.z)
+                provenance.append({"case": case_id, **case.provenance()})
+                if len(samples) < CONTACT_SHEET_ROWS:
+                    samples.append(_sample_slice(case_id, stack, fake))
+                    if len(samples) == CONTACT_SHEET_ROWS or i == n - 1:  # drawn meanwhile
+                        writer.submit(write_contact_sheet, samples, tmp / "contact_sheet.png")
+                bar.set_postfix(slices=n_slices)
+            writer.wait()
+            seconds = time.perf_counter() - start
+            rows = [(p["case"], SCANNER_SITE, "") for p in provenance]
+            atomic_write_text(tmp / "manifest.csv", manifest_text(rows))
+            sheet = build_datasheet(
+                cfg, gen, label_cases.bank, provenance, n_slices=n_slices, device=str(device)
+            )
+            atomic_write_json(tmp / "datasheet.json", sheet)
     log.info("wrote %d synthetic cases (%d slices) to %s in %.1f s", n, n_slices, out, seconds)
     return SynthesisResult(out, n, n_slices, seconds, provenance)
