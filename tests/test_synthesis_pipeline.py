@@ -99,18 +99,3 @@ def test_generator_threads_leave_a_core_to_the_pipeline_and_restore_the_count():
             assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
-
-
-def test_a_writer_with_two_threads_runs_two_jobs_at_once_and_waits_for_both():
-    started, release, done = threading.Barrier(2, timeout=30), threading.Event(), []
-
-    def job(i: int) -> None:
-        started.wait()  # both jobs must be running at the same time to pass this
-        release.wait(30)
-        done.append(i)
-
-    with BackgroundWriter(max_pending=2, workers=2) as writer:
-        writer.submit(job, 0)
-        writer.submit(job, 1)
-        release.set()
-    assert sorted(done) == [0, 1]

@@ -243,9 +243,6 @@ def generator_threads(device: Any) -> Iterator[None]:
 
 
 CONTACT_SHEET_ROWS = 6  # the first cases' largest-tumour slices, one row each
-# Cases written at once: when the generator is done, the last two cases are written on two
-# cores instead of one after the other (each case writes only its own files).
-WRITER_THREADS = 2
 
 
 class LabelCases:
@@ -305,7 +302,7 @@ def synthesize(
         start = time.perf_counter()
         with (
             atomic_directory(out, overwrite=overwrite) as tmp,
-            BackgroundWriter(workers=WRITER_THREADS) as writer,
+            BackgroundWriter() as writer,
             generator_threads(device),
         ):
             bar = tqdm(ahead, total=n, unit="case", desc="synthesize", disable=not progress)

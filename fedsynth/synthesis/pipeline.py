@@ -62,17 +62,15 @@ def prefetch(items: Iterable[T], depth: int = 1) -> Iterator[T]:
 
 
 class BackgroundWriter:
-    """Runs write jobs in ``workers`` threads (one: in order); at most ``max_pending`` queued
-    or running (memory bound). Jobs must not depend on each other's order when ``workers``
-    > 1 (synthesis: each case writes its own files).
+    """Runs write jobs in order in one thread; at most ``max_pending`` queued (memory bound).
 
     Use as a context manager: leaving the block waits for every job and raises the first
     error (a job's error also surfaces at the next ``submit``).
     """
 
-    def __init__(self, max_pending: int = 2, workers: int = 1):
+    def __init__(self, max_pending: int = 2):
         self.max_pending = max_pending
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedsynth-writer")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsynth-writer")
         self._pending: deque[Future[Any]] = deque()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
