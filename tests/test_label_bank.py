@@ -71,6 +71,19 @@ def test_atlas_cases_are_deterministic_and_differ_between_cases(atlas):
     assert not np.array_equal(atlas.load(0).tissue, atlas.load(2).tissue)  # deformed per case
 
 
+def test_tissue_classes_are_argmax_plus_one_ties_included():
+    from fedsynth.synthesis.label_bank import tissue_classes
+
+    rng = np.random.default_rng(0)
+    anatomy = rng.choice([0.0, 0.25, 0.5], size=(3, 6, 7, 8)).astype(np.float32)  # many ties
+    anatomy[:, 0, 0, :3] = [[0.5, 0.5, 0.1], [0.5, 0.1, 0.5], [0.1, 0.5, 0.5]]
+    brain = rng.random((6, 7, 8)) > 0.3
+    want = np.where(brain, anatomy.argmax(0) + 1, 0).astype(np.uint8)
+    got = tissue_classes(anatomy, brain)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, want)
+
+
 def _same_case(a, b) -> None:
     for name in ("tissue", "labels", "brain", "affine"):
         x, y = getattr(a, name), getattr(b, name)

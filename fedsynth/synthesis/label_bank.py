@@ -106,6 +106,19 @@ class LabelBank:
 # --------------------------------------------------------------------------- atlas
 
 
+def tissue_classes(anatomy: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """``np.where(brain, anatomy.argmax(0) + 1, 0)`` as uint8, by comparisons: the same
+    classes (ties go to the first map, as argmax's) in a quarter of the time.
+
+    anatomy: float32 (3, X, Y, Z) CSF / GM / WM fractions; brain: bool (X, Y, Z).
+    """
+    csf, gm, wm = anatomy
+    classes = np.where(gm > csf, np.uint8(2), np.uint8(1))
+    classes[wm > np.maximum(csf, gm)] = 3
+    classes[~brain] = 0
+    return classes
+
+
 def atlas_case(index: int, voxel_size: float, seed: int, with_tumour: bool) -> LabelCase:
     """One atlas label case: deformed MNI152 anatomy, a procedural tumour if ``with_tumour``.
 
@@ -128,7 +141,7 @@ def atlas_case(index: int, voxel_size: float, seed: int, with_tumour: bool) -> L
     )
     # Same rule as the phantom cohort: brain where the tissue fractions sum past one half.
     brain = anatomy.sum(0) > 0.5
-    tissue = np.where(brain, anatomy.argmax(0) + 1, 0).astype(np.uint8)
+    tissue = tissue_classes(anatomy, brain)
     labels = (
         np.zeros(brain.shape, np.uint8) if spec is None else pt.tumour_labels(spec, coords, anatomy)
     )
