@@ -73,3 +73,19 @@ def test_acquisition_with_bias_field_keeps_the_background():
     outside = (x == -1.0).all(dim=1, keepdim=True).expand_as(x)
     assert torch.equal(out[outside], x[outside])
     assert out.min() >= -1.0 and out.max() <= 1.0
+
+
+def test_correlated_noise_is_multiplicative_correlated_and_reproducible():
+    x = torch.full((32, 4, 32, 32), -1.0)
+    x[:, :, 4:28, 4:28] = 0.0
+    out = augment.correlated_noise(x, np.random.default_rng(5))
+    assert torch.equal(out, augment.correlated_noise(x, np.random.default_rng(5)))
+    assert torch.equal(out[x == -1.0], x[x == -1.0])  # zero intensity stays zero: multiplicative
+    d = (out - x)[:, :, 6:26, 6:26]
+    hit = d.abs().amax(dim=(1, 2, 3)) > 1e-4
+    assert 8 <= int(hit.sum()) <= 24  # about TEXTURE_PROB of the slices
+    n = d[hit]
+    corr = (n[..., 1:, :] * n[..., :-1, :]).mean() / (n * n).mean()
+    assert corr > 0.5  # neighbours move together (white noise: ~0)
+    out2 = augment.acquisition(x, np.random.default_rng(6), texture=True)
+    assert out2.min() >= -1.0 and out2.max() <= 1.0

@@ -9,7 +9,10 @@ Two families, each on by its own switch:
   with nnU-Net's kinds of ranges (blur sigma 0.5-1 px, gamma 0.7-1.5, noise sigma up to 0.1
   of the [-1, 1] intensity range), noise on half the slices rather than nnU-Net's tenth;
   and (``benchmark.bias_field_augment``) a smooth multiplicative bias field per contrast,
-  MONAI's ``RandBiasField`` with its default degree and coefficient range.
+  MONAI's ``RandBiasField`` with its default degree and coefficient range; and
+  (``benchmark.texture_augment``) spatially correlated multiplicative noise (white noise
+  smoothed over ~1 px): resampled MRI noise and tissue texture are correlated between
+  neighbouring pixels, and a segmenter that only met white noise reads such blobs as lesions.
   Why: a pix2pix generator renders the conditional mean of an image, so synthetic slices
   carry no acquisition noise, bias or blur (see any sample grid), and a segmenter trained on
   them alone meets all of them for the first time on the test patients. The ranges were set
@@ -32,6 +35,7 @@ BLUR_PROB, BLUR_SIGMA = 0.2, (0.5, 1.0)  # per slice; sigma in pixels
 GAMMA_PROB, GAMMA_RANGE = 0.3, (0.7, 1.5)  # per slice and contrast
 NOISE_PROB, NOISE_SIGMA = 0.5, (0.0, 0.1)  # per slice; sigma in [-1, 1] intensity units
 BIAS_PROB = 0.3  # per slice and contrast; field: MONAI RandBiasField defaults (degree 3)
+TEXTURE_PROB, TEXTURE_GAIN, TEXTURE_SIGMA = 0.5, (0.0, 0.1), 1.0  # per slice; sd; pixels
 
 
 def flips_and_gain(
@@ -52,12 +56,14 @@ def flips_and_gain(
 
 
 def acquisition(
-    x: torch.Tensor, rng: np.random.Generator, bias_field: bool = False
+    x: torch.Tensor, rng: np.random.Generator, bias_field: bool = False, texture: bool = False
 ) -> torch.Tensor:
     """x float32 (B, 4, S, S) -> a copy with random blur, gamma and noise (and, with
-    ``bias_field``, a smooth bias field) inside the brain."""
+    ``bias_field``, a smooth bias field; with ``texture``, correlated noise) inside the brain."""
     b = x.shape[0]
     out = bias_fields(x, rng) if bias_field else x.clone()
+    if texture:
+        out = correlated_noise(out, rng)
     for i in np.flatnonzero(rng.random(b) < BLUR_PROB):
         out[i] = _blur(out[i], float(rng.uniform(*BLUR_SIGMA)))
     gamma = np.where(rng.random((b, 4)) < GAMMA_PROB, rng.uniform(*GAMMA_RANGE, (b, 4)), 1.0)
@@ -81,6 +87,20 @@ def bias_fields(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     for i, c in np.argwhere(rng.random(x.shape[:2]) < BIAS_PROB):
         unit = (out[i, c : c + 1] + 1) / 2
         out[i, c] = torch.as_tensor(field(unit)).float()[0] * 2 - 1
+    return out
+
+
+def correlated_noise(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """x float32 (B, 4, S, S) in [-1, 1] -> a copy where each slice is, with probability
+    TEXTURE_PROB, multiplied (on the [0, 1] scale) by 1 + g * n, n unit-sd white noise smoothed
+    by a Gaussian of TEXTURE_SIGMA pixels (one field per contrast), g ~ U(TEXTURE_GAIN)."""
+    out = x.clone()
+    gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    for i in np.flatnonzero(rng.random(x.shape[0]) < TEXTURE_PROB):
+        n = _blur(torch.randn(x.shape[1:], generator=gen), TEXTURE_SIGMA)
+        n = n / n.std(dim=(1, 2), keepdim=True).clamp_min(1e-6)
+        gain = float(rng.uniform(*TEXTURE_GAIN))
+        out[i] = ((out[i] + 1) / 2 * (1 + gain * n)) * 2 - 1
     return out
 
 

@@ -212,7 +212,8 @@ def write_outputs(out, cfg, data, outcomes, syn_dir, seconds) -> tuple[list[Row]
         f"{cfg.benchmark.res_units} residual units, augmentation "
         f"{'on' if cfg.benchmark.augment else 'off'}, acquisition augmentation "
         f"{'on' if cfg.benchmark.acquisition_augment else 'off'}"
-        f"{' with bias field' if cfg.benchmark.bias_field_augment else ''})",
+        f"{' + bias field' if cfg.benchmark.bias_field_augment else ''}"
+        f"{' + texture' if cfg.benchmark.texture_augment else ''})",
         "sites (training patients)": ", ".join(
             f"{s} ({len(c.patients)})" for s, c in data.sites.items()
         ),

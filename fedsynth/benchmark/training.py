@@ -56,6 +56,7 @@ class TrainSettings:
     augment: bool = True
     acquisition_augment: bool = True  # blur, gamma, noise (benchmark/augment.py)
     bias_field_augment: bool = False  # smooth bias field, part of the acquisition family
+    texture_augment: bool = False  # correlated noise, part of the acquisition family
     lr_decay: float = 0.5  # learning-rate factor after two evaluations without a gain
     postprocess: bool = True  # choose a small-tumour threshold on the validation patients
 
@@ -75,6 +76,7 @@ class TrainSettings:
             augment=b.augment,
             acquisition_augment=b.acquisition_augment,
             bias_field_augment=b.bias_field_augment,
+            texture_augment=b.texture_augment,
             lr_decay=b.lr_decay,
             postprocess=b.postprocess,
         )
@@ -227,7 +229,9 @@ def train_segmenter(
         if settings.augment:
             x, y = augment.flips_and_gain(x, y, rng)
         if settings.acquisition_augment:
-            x = augment.acquisition(x, rng, bias_field=settings.bias_field_augment)
+            x = augment.acquisition(
+                x, rng, bias_field=settings.bias_field_augment, texture=settings.texture_augment
+            )
         loss = loss_fn(model(x.to(device)), y.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -280,6 +280,8 @@ class BenchmarkConfig:
     acquisition_augment: bool = True  # random blur, gamma and noise (benchmark/augment.py)
     # with acquisition_augment: a smooth bias field per contrast (MONAI RandBiasField)
     bias_field_augment: bool = False
+    # with acquisition_augment: spatially correlated multiplicative noise (texture)
+    texture_augment: bool = False
     val_fraction: float = 0.15  # of each arm's own training patients, for early stopping
     eval_every: int = 100  # steps between validation scores (the learning curve's points)
     patience: int = 4  # evaluations without a validation Dice gain > min_delta: stop
