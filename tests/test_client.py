@@ -114,7 +114,7 @@ def test_a_restarted_site_continues_its_noise_stream_from_its_state_dir(tmp_path
     kept, restarted = _site(tmp_path / "a"), _site(tmp_path / "b")
     client_app.train_round(kept, _request(cfg, tmp_path / "a", 1, weights))
     shutil.copytree(kept.state_dir, restarted.state_dir)
-    client_app._SESSION.clear()  # as if the Ray worker had restarted
+    client_app._SESSIONS.clear()  # as if the Ray worker had restarted
     second = _request(cfg, tmp_path / "b", 2, weights)
     b = _released(client_app.train_round(restarted, second))
     a = _released(client_app.train_round(kept, _request(cfg, tmp_path / "a", 2, weights)))
@@ -302,3 +302,40 @@ def test_the_trainer_state_is_durable_before_the_reply_exists_and_only_it(
     before_reply = events[: events.index(("rename", reply))]
     assert ("fsync", folder) not in events[len(before_reply) :]  # reply: no directory sync
     assert not any(p.endswith(client_app.LOG_FILE) for kind, p in events if kind == "fsync")
+
+
+def test_a_worker_keeps_two_sites_trainers_and_rebuilds_one_whose_state_changed(
+    tmp_path, cache_dir, monkeypatch
+):
+    """Flower gives each message to any idle worker: with two sites on two workers they
+    swap workers most rounds. A worker keeps the trainers of the last two sites it served
+    (no rebuild when a site comes back), but never one whose state file another process
+    has since replaced: that trainer is rebuilt from the file."""
+    import os
+    import shutil
+
+    built: list[str] = []
+
+    class CountingTrainer(client_app.LocalTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self.site)
+
+    monkeypatch.setattr(client_app, "LocalTrainer", CountingTrainer)
+    monkeypatch.setattr(client_app, "_SESSIONS", type(client_app._SESSIONS)())
+    cfg = _cfg(cache_dir)
+    run_dir = tmp_path / "run"
+    weights = initial_generator(cfg)
+    sites = [_site(run_dir, 0), _site(run_dir, 1)]
+    for server_round in (1, 2):
+        for site in sites:
+            client_app.train_round(site, _request(cfg, run_dir, server_round, weights))
+    assert sorted(built) == ["site-0", "site-1"]  # one build each, then reused
+    # Another process trains site-0: its state file is replaced (same bytes, new file).
+    state = sites[0].state_dir / client_app.STATE_FILE
+    shutil.copy(state, state.with_suffix(".other"))
+    os.replace(state.with_suffix(".other"), state)
+    client_app.train_round(sites[0], _request(cfg, run_dir, 3, weights))
+    assert built.count("site-0") == 2
+    client_app.train_round(sites[1], _request(cfg, run_dir, 3, weights))
+    assert built.count("site-1") == 1

@@ -5,6 +5,7 @@ timing assertions."""
 from __future__ import annotations
 
 import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -85,8 +86,6 @@ def test_with_engine_signals_a_stored_reply_wakes_the_grid_at_once():
     """With an in-process engine's signals the grid waits on ``replied`` instead of sleeping:
     here the pause is 30 s, yet the round ends when the engine stores the last reply; the
     push rings ``pushed`` for the engine. (Real time, generous bounds: not a timing test.)"""
-    import time
-
     signals = polling.EngineSignals()
     stored: set[str] = set()
 
@@ -172,3 +171,36 @@ def test_a_failed_recording_stops_the_run(tmp_path):
     recorder._pending[-1].exception()  # let round 2's recording finish (it fails too)
     with pytest.raises(OSError, match="No space left"):
         recorder(3, arrays)  # the next round's hook re-raises the writer's error
+
+
+def test_a_rounds_recording_waits_for_the_next_rounds_push(tmp_path, monkeypatch):
+    """The recording (mostly Python: it would hold the GIL) starts once the grid has sent
+    the next round's messages; when no further round comes, ``wait`` starts it at once.
+    The fallback delay is set to 60 s here: a prompt start is due to the signal."""
+    from fedsynth.server import rounds
+
+    monkeypatch.setattr(rounds, "RECORD_AFTER_PUSH_S", 60.0)
+    cfg = load_config(SMOKE)
+    started: list[int] = []
+    began = threading.Event()
+
+    def evaluator(round_: int, weights: dict) -> dict:
+        started.append(round_)
+        began.set()
+        return {}
+
+    recorder = RoundRecorder(tmp_path, cfg, checkpointing.ServerState(), evaluator)
+    arrays = ArrayRecord({k: Array(v) for k, v in _weights().items()})
+    recorder.round_pushed()  # round 1's messages
+    recorder.strategy = _strategy_after(1)  # type: ignore[assignment]
+    recorder(1, arrays)
+    assert not began.wait(0.3) and started == []  # round 2 not sent yet
+    recorder.round_pushed()  # round 2's messages left: round 1 is recorded now
+    assert began.wait(30) and started == [1]
+    began.clear()
+    recorder.strategy = _strategy_after(2)  # type: ignore[assignment]
+    recorder(2, arrays)  # the last round: no push follows
+    t0 = time.monotonic()
+    recorder.wait()
+    assert started == [1, 2] and time.monotonic() - t0 < 30
+    assert checkpointing.load_state(tmp_path).round == 2

@@ -141,7 +141,7 @@ def run_server(grid: Grid, settings: ServerSettings) -> checkpointing.ServerStat
     recorder.strategy = strategy
     try:
         strategy.start(
-            ProportionalPollGrid(grid, signals=settings.signals),
+            ProportionalPollGrid(grid, signals=settings.signals, on_push=recorder.round_pushed),
             to_array_record(weights),
             num_rounds=remaining,
             timeout=cfg.federation.round_timeout_s,

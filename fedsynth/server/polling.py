@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from flwr.app import Message, RecordDict
 from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=no-name-in-module
@@ -46,7 +46,8 @@ class ProportionalPollGrid(Grid):
     Every other method is the wrapped grid's. ``fraction``: sleep between pulls as a
     fraction of the time waited so far; ``min_s`` / ``max_s``: bounds of that sleep, seconds.
     ``signals``: an in-process engine's wake-ups; between pulls the grid then waits on
-    ``signals.replied`` (at most the same pause) instead of sleeping.
+    ``signals.replied`` (at most the same pause) instead of sleeping. ``on_push``: called
+    after messages were pushed (not for an empty push).
     """
 
     def __init__(
@@ -57,13 +58,14 @@ class ProportionalPollGrid(Grid):
         min_s: float = 0.005,
         max_s: float = 1.0,
         signals: EngineSignals | None = None,
+        on_push: Callable[[], None] | None = None,
     ):
         if not (0 < fraction < 1 and 0 < min_s <= max_s):
             raise ValueError(
                 f"need 0 < fraction < 1 and 0 < min_s <= max_s, got {fraction}, {min_s}, {max_s}"
             )
         self.grid, self.fraction, self.min_s, self.max_s = grid, fraction, min_s, max_s
-        self.signals = signals
+        self.signals, self.on_push = signals, on_push
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
@@ -123,6 +125,8 @@ class ProportionalPollGrid(Grid):
         ids = list(self.grid.push_messages(messages))
         if self.signals is not None:
             self.signals.pushed.set()
+        if ids and self.on_push is not None:
+            self.on_push()
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
