@@ -93,3 +93,47 @@ def test_request_without_its_records_or_keys_is_a_config_error():
     config = ConfigRecord({wire.CONFIG_YAML: "name: x", wire.RUN_DIR: "", wire.ROUNDS: 1})
     with pytest.raises(ConfigError, match="server-round"):
         wire.parse_request(RecordDict({wire.ARRAYS: ArrayRecord(), wire.CONFIG: config}))
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(24, dtype=np.float32).reshape(2, 3, 4),
+        np.array(2.5, dtype=np.float64),  # 0-d
+        np.zeros((0, 3), np.float32),  # empty
+        np.arange(5, dtype=np.int64),
+        np.array([True, False]),
+        np.arange(6, dtype=np.uint8).reshape(2, 3),
+        np.arange(4, dtype=">f4"),  # big-endian
+        np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3)),  # np.load's path
+    ],
+)
+def test_array_of_equals_flowers_numpy(array):
+    from flwr.app import Array
+
+    from fedsynth.common.wire import array_of
+
+    flower = Array(array)
+    want, got = flower.numpy(), array_of(flower)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    assert got.flags.writeable and got.flags.c_contiguous == want.flags.c_contiguous
+    got[...] = 0  # its own memory: the message's bytes stay as they were
+    np.testing.assert_array_equal(flower.numpy(), want)
+
+
+def test_array_of_leaves_odd_buffers_to_numpys_own_errors():
+    from flwr.app import Array
+
+    from fedsynth.common.wire import array_of
+
+    good = Array(np.arange(6, dtype=np.float32))
+    short = Array(dtype=good.dtype, shape=good.shape, stype=good.stype, data=good.data[:-4])
+    with pytest.raises(ValueError):
+        short.numpy()
+    with pytest.raises(ValueError):
+        array_of(short)
+    header = good.data[:10] + good.data[10:].replace(b"'<f4'", b"'|O'", 1)
+    pickled = Array(dtype="object", shape=(6,), stype=good.stype, data=header)
+    with pytest.raises(ValueError):  # object arrays would need pickle: refused as np.load does
+        array_of(pickled)

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, MetricRecord
 
+from fedsynth.common import wire
 from fedsynth.common.config import Config
 from fedsynth.common.gan.init import public_pretraining
 from fedsynth.common.io.atomic import append_jsonl
@@ -179,7 +180,7 @@ class RoundRecorder:
         self._raise_failed()
         assert self.strategy is not None and self.strategy.last_round is not None
         outcome = self.strategy.last_round  # a new object each round: not mutated later
-        weights = {k: a.numpy() for k, a in arrays.items()}  # new arrays (np.load)
+        weights = wire.weights_of(arrays)  # new arrays
         seconds, self._round_started = now - self._round_started, now
         # Copied here: the strategy changes them in the next round while the writer runs.
         identities = self._identities()

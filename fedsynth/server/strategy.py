@@ -206,7 +206,7 @@ class GeneratorUpdates:
     def set_global(self, arrays: ArrayRecord) -> None:
         """The global generator of this round: the exchanged part of it is the reference for
         the replies' keys, shapes and update norms (P of the bound counts only it)."""
-        self._full = {k: a.numpy() for k, a in arrays.items()}
+        self._full = wire.weights_of(arrays)
         missing = sorted(set(self.trainable or ()) - set(self._full))
         if missing:
             raise ConfigError(
@@ -257,7 +257,7 @@ class GeneratorUpdates:
         if len(accepted) >= self.min_sites:
             self.warn_if_weak(server_round, len(accepted))
             arrays, _ = super().aggregate_train(server_round, accepted)  # type: ignore[misc]
-            merged = self._merged({k: a.numpy() for k, a in (arrays or {}).items()})
+            merged = self._merged(wire.weights_of(arrays) if arrays is not None else {})
             bad = bounds.non_finite_keys(merged)
             if bad:  # e.g. finite updates whose weighted sum overflows float32
                 arrays, reason = None, f"the aggregate has non-finite values in {bad[:3]}"
@@ -406,7 +406,7 @@ class GeneratorUpdates:
         the bound (``federation.update_norm_factor``, ``federation.update_bound``)."""
         if self._global is None:  # no global generator sent (unit tests of the screening)
             return
-        update = {k: a.numpy() for k, a in content[name].items()}
+        update = wire.weights_of(content[name])
         norm = bounds.update_norm(update, self._global)
         outcome.metrics["update-norm"] = norm
         if norm <= self._bound:
