@@ -331,36 +331,3 @@ def test_contact_mosaic_places_each_tile_in_display_view():
     grey = np.rint((display_view(s.images[3]) + 1) * 127.5).astype(np.uint8)
     np.testing.assert_array_equal(mosaic[20:28, 40:48], np.stack([grey] * 3, axis=-1))
     assert np.all(mosaic[28:30] == 255)  # the gap between rows
-
-
-def test_fedsynth_reads_its_synthetic_intensities_back_without_re_windowing(cfg, tmp_path):
-    """A generated image has no noise tail: the percentile window would stretch it so that
-    every contrast reaches exactly +1. Read back with the stored scale, the slices keep the
-    generator's own values (an untrained generator's tanh output stays well inside (-1, 1))."""
-    from fedsynth.benchmark.data import cohort_slices
-    from fedsynth.synthesis.intensity import INTENSITY_SCALE, stored_scale
-
-    out = tmp_path / "syn"
-    synthesize(cfg, _save_central(cfg, tmp_path / "g.safetensors"), out, 2, progress=False)
-    assert stored_scale(out) == INTENSITY_SCALE
-    run_cfg = load_config(CONFIG, [*OVERRIDES, f"data.cache_dir={tmp_path / 'cache'}"])
-    cache = cohort_slices(run_cfg, out, "synthetic")
-    images = np.asarray(cache.images)
-    brain = images > -1
-    stored = nib.load(out / "synth_0000" / "synth_0000_t1.nii.gz").get_fdata()
-    x = stored[stored > 0] / INTENSITY_SCALE - 1  # the generator's values as written
-    assert images[brain].max() < 0.99  # re-windowed, each contrast's max would be exactly 1
-    assert images[:, 0][brain[:, 0]].mean() == pytest.approx(x.mean(), abs=0.05)
-
-
-def test_stored_scale_is_none_for_other_cohorts_and_reads_old_datasheets(tmp_path):
-    from fedsynth.synthesis.intensity import INTENSITY_SCALE, stored_scale
-
-    assert stored_scale(tmp_path) is None  # no datasheet: a real cohort
-    (tmp_path / "datasheet.json").write_text("{not json")
-    assert stored_scale(tmp_path) is None
-    words = "int16, generator output [-1, 1] -> [0, 1000]; 0 outside the brain"
-    (tmp_path / "datasheet.json").write_text(json.dumps({"layout": {"intensity": words}}))
-    assert stored_scale(tmp_path) == INTENSITY_SCALE  # written before intensity_scale existed
-    (tmp_path / "datasheet.json").write_text(json.dumps({"layout": {"intensity_scale": 250}}))
-    assert stored_scale(tmp_path) == 250.0

@@ -24,7 +24,6 @@ from fedsynth.common.data.cache import build_slices
 from fedsynth.common.errors import DataError, OutputExistsError
 from fedsynth.common.io.atomic import atomic_directory, atomic_write_json, atomic_write_text
 from fedsynth.common.rundir import RunDir
-from fedsynth.synthesis.intensity import stored_scale
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +113,6 @@ def synthetic_cache(inputs: AuditInputs, folder: Path) -> Any:
         name="audit-synthetic",
         preprocess=inputs.cfg.preprocess,
         cache_root=expand_path(inputs.cfg.data.cache_dir) / "slices",
-        fixed_scale=stored_scale(folder),
     )
     if cache.image_size != inputs.heldout.image_size:
         raise DataError(folder, "synthetic slices differ in size from the run's slices")

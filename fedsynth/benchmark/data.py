@@ -22,7 +22,6 @@ from fedsynth.common.data.cache import SliceCache, build_slices, site_slices
 from fedsynth.common.data.cohort import load_split, resolve_cohort
 from fedsynth.common.errors import ConfigError, DataError
 from fedsynth.common.rundir import SYNTHETIC_DIR
-from fedsynth.synthesis.intensity import stored_scale
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,6 @@ def cohort_slices(cfg: Config, cohort_dir: str | Path, name: str) -> SliceCache:
         preprocess=cfg.preprocess,
         cache_root=expand_path(cfg.data.cache_dir) / "slices",
         strict=cfg.data.strict,
-        fixed_scale=stored_scale(cohort_dir),  # fedsynth synthetic cohorts: read back exactly
     )
 
 

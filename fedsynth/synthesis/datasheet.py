@@ -33,7 +33,6 @@ from fedsynth.common.io.atomic import save_figure
 from fedsynth.common.privacy.binding import PRIVACY_KEY, contradictions, record_digest
 from fedsynth.common.privacy.report import REPRODUCIBLE_NOISE
 from fedsynth.common.rundir import PRIVACY_FILE, RunDir
-from fedsynth.synthesis.intensity import INTENSITY_SCALE
 
 DATASHEET_VERSION = 1
 NO_DP_WORDS = "no differential privacy: epsilon is infinite; the generator may memorise patients"
@@ -187,7 +186,6 @@ def build_datasheet(
             },
             "tissue": {"0": "background", "1": "CSF", "2": "GM", "3": "WM"},
             "intensity": "int16, generator output [-1, 1] -> [0, 1000]; 0 outside the brain",
-            "intensity_scale": INTENSITY_SCALE,  # stored = (x + 1) * this (synthesis/intensity.py)
             "modalities": list(MODALITIES),
         },
         "generator": training_section(gen),

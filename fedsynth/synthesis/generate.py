@@ -45,12 +45,12 @@ from fedsynth.common.io.nifti import save_volume, to_stored_orientation
 from fedsynth.synthesis.case import LabelCase
 from fedsynth.synthesis.datasheet import build_datasheet, write_contact_sheet
 from fedsynth.synthesis.generator_io import load_generator
-from fedsynth.synthesis.intensity import INTENSITY_SCALE
 from fedsynth.synthesis.label_bank import LabelBank, build_label_bank, synthetic_label_cases
 from fedsynth.synthesis.pipeline import BackgroundWriter, Prefetch
 
 log = logging.getLogger(__name__)
 
+INTENSITY_SCALE = 500.0  # stored = (x + 1) * 500: generator range [-1, 1] -> [0, 1000]
 SCANNER_SITE = "synthetic"  # manifest.csv scanner_site of every synthetic case
 
 

@@ -110,20 +110,14 @@ def build_slices(
     strict: bool = True,
     labels_optional: bool = False,
     labels: str = brats.AUTO,
-    fixed_scale: float | None = None,
 ) -> SliceCache:
-    """``site_slices`` without the config: reuse the cache under ``cache_root`` or build it.
-
-    fixed_scale: see ``preprocess.preprocess_case`` (a fedsynth synthetic cohort's stored
-    intensity scale; None for real cohorts)."""
+    """``site_slices`` without the config: reuse the cache under ``cache_root`` or build it."""
     if not _NAME.match(name):
         raise ValueError(f"cache name {name!r} must match {_NAME.pattern}")
     if not subjects:
         raise DataError(cohort_dir, f"no subjects given for slice cache '{name}'")
     cohort_dir = Path(cohort_dir).resolve()
     settings = _settings(cohort_dir, subjects, preprocess, strict, labels_optional, labels)
-    if fixed_scale is not None:  # only then: the keys of existing real caches do not change
-        settings["fixed_intensity_scale"] = float(fixed_scale)
     key = _hash(settings)
     path = Path(cache_root) / f"{name}-{key[:12]}"
     cases = [brats.find_subject(cohort_dir, s, labels) for s in subjects]
@@ -284,7 +278,7 @@ def _build(path, cases, name, settings, key, sources, preprocess, strict, labels
             if strict and problems:  # the build has failed: only validate the remaining cases
                 continue
             try:
-                pre = preprocess_case(loaded, preprocess, settings.get("fixed_intensity_scale"))
+                pre = preprocess_case(loaded, preprocess)
             except DataError as e:
                 reject(case.case_id, [e])
                 continue

@@ -132,14 +132,6 @@ def normalise_intensity(
     return np.where(brain, scaled, -1.0).astype(np.float32)
 
 
-def fixed_scale_intensity(volume: np.ndarray, brain: np.ndarray, scale: float) -> np.ndarray:
-    """float32 same shape: a volume stored as ``(x + 1) * scale`` (fedsynth's synthetic
-    cohorts, already on the normalised scale) mapped back to x in [-1, 1]; -1 outside the brain.
-    """
-    x = np.clip(volume.astype(np.float32) / scale - 1.0, -1.0, 1.0)
-    return np.where(brain, x, -1.0).astype(np.float32)
-
-
 def select_slices(brain: np.ndarray, min_fraction: float) -> np.ndarray:
     """int64 indices of the axial slices (axis 2) whose brain area is >= min_fraction of the
     slice area (and at least one voxel)."""
@@ -189,14 +181,8 @@ def _tissue_volume(
     return tissue_mod.compute_tissue(norm, brain, tumour, cfg.tissue_seed, case.case_id)
 
 
-def preprocess_case(
-    case: LoadedCase, cfg: PreprocessConfig, fixed_scale: float | None = None
-) -> PreprocessedCase:
+def preprocess_case(case: LoadedCase, cfg: PreprocessConfig) -> PreprocessedCase:
     """Turn one loaded case (RAS volumes) into resized axial slices; see the module docstring.
-
-    fixed_scale: None (every real cohort): intensities normalised by the percentile window; a
-    number: the case stores already-normalised intensities as ``(x + 1) * fixed_scale``
-    (fedsynth's synthetic cohorts, ``fedsynth.synthesis.intensity``), which are read back.
 
     Raises DataError naming the case for an empty brain, a constant contrast, or no slice
     with enough brain.
@@ -211,20 +197,16 @@ def preprocess_case(
     crop = (slice(bbox[0], bbox[1]), slice(bbox[2], bbox[3]), slice(bbox[4], bbox[5]))
     brain = brain_full[crop]
     seg = case.seg[crop] if case.seg is not None else None
-    if fixed_scale is not None:
-        norm = {m: fixed_scale_intensity(case.images[m][crop], brain, fixed_scale)
-                for m in MODALITIES}  # fmt: skip
-    else:
-        norm = {
-            m: normalise_intensity(
-                case.images[m][crop],
-                brain,
-                cfg.lower_percentile,
-                cfg.upper_percentile,
-                where=f"{case.case_id} ({m})",
-            )
-            for m in MODALITIES
-        }
+    norm = {
+        m: normalise_intensity(
+            case.images[m][crop],
+            brain,
+            cfg.lower_percentile,
+            cfg.upper_percentile,
+            where=f"{case.case_id} ({m})",
+        )
+        for m in MODALITIES
+    }
     tissue = _tissue_volume(case, norm, brain, seg, crop, cfg)
     keep = select_slices(brain, cfg.min_brain_fraction)
     if keep.size == 0:
