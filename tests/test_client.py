@@ -304,14 +304,13 @@ def test_the_trainer_state_is_durable_before_the_reply_exists_and_only_it(
     assert not any(p.endswith(client_app.LOG_FILE) for kind, p in events if kind == "fsync")
 
 
-def test_a_worker_keeps_two_sites_trainers_and_rebuilds_one_whose_state_changed(
+def test_a_worker_keeps_two_sites_trainers_and_reloads_one_whose_state_moved_on(
     tmp_path, cache_dir, monkeypatch
 ):
-    """Flower gives each message to any idle worker: with two sites on two workers they
-    swap workers most rounds. A worker keeps the trainers of the last two sites it served
-    (no rebuild when a site comes back), but never one whose state file another process
-    has since replaced: that trainer is rebuilt from the file."""
-    import os
+    """Flower gives each message to any idle worker, so sites move between workers. A worker
+    keeps the trainers of the last two sites it served: a site that comes back is not
+    rebuilt, and when another worker trained it meanwhile, the kept trainer reloads the
+    state file that worker saved and trains exactly as a trainer rebuilt from it would."""
     import shutil
 
     built: list[str] = []
@@ -322,20 +321,29 @@ def test_a_worker_keeps_two_sites_trainers_and_rebuilds_one_whose_state_changed(
             built.append(self.site)
 
     monkeypatch.setattr(client_app, "LocalTrainer", CountingTrainer)
-    monkeypatch.setattr(client_app, "_SESSIONS", type(client_app._SESSIONS)())
-    cfg = _cfg(cache_dir)
-    run_dir = tmp_path / "run"
+    sessions = type(client_app._SESSIONS)()
+    monkeypatch.setattr(client_app, "_SESSIONS", sessions)
+    cfg = _cfg(cache_dir, "federation.rounds=4")  # a budget planned for 4 rounds
     weights = initial_generator(cfg)
-    sites = [_site(run_dir, 0), _site(run_dir, 1)]
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    sites = [_site(run_a, 0), _site(run_a, 1)]
     for server_round in (1, 2):
         for site in sites:
-            client_app.train_round(site, _request(cfg, run_dir, server_round, weights))
-    assert sorted(built) == ["site-0", "site-1"]  # one build each, then reused
-    # Another process trains site-0: its state file is replaced (same bytes, new file).
-    state = sites[0].state_dir / client_app.STATE_FILE
-    shutil.copy(state, state.with_suffix(".other"))
-    os.replace(state.with_suffix(".other"), state)
-    client_app.train_round(sites[0], _request(cfg, run_dir, 3, weights))
+            client_app.train_round(site, _request(cfg, run_a, server_round, weights))
+    assert sorted(built) == ["site-0", "site-1"]  # one build each, then kept
+    # Round 3 of site-0 on another worker (its own trainer, built from the state file) ...
+    kept = dict(sessions)
+    sessions.clear()
+    client_app.train_round(sites[0], _request(cfg, run_a, 3, weights))
     assert built.count("site-0") == 2
-    client_app.train_round(sites[1], _request(cfg, run_dir, 3, weights))
-    assert built.count("site-1") == 1
+    shutil.copytree(sites[0].state_dir, _site(run_b, 0).state_dir)  # the state after round 3
+    # ... then round 4 back on this worker: its kept trainer is at round 2 and reloads.
+    sessions.clear()
+    sessions.update(kept)
+    reused = _released(client_app.train_round(sites[0], _request(cfg, run_a, 4, weights)))
+    assert built.count("site-0") == 2  # no rebuild
+    sessions.clear()  # reference: a trainer rebuilt from the same state file
+    rebuilt = _released(client_app.train_round(_site(run_b, 0), _request(cfg, run_b, 4, weights)))
+    assert built.count("site-0") == 3
+    assert reused and _distance(reused, {k: weights[k] for k in reused}) > 0  # it trained
+    assert _distance(reused, rebuilt) == 0.0

@@ -65,12 +65,13 @@ def public_site_seed(cfg: Config, site: SiteIdentity) -> int:
     return (cfg.seed * 1_000_003 + zlib.crc32(site.name.encode())) % 2**31
 
 
-# Trainers kept per process, each reused while its state file is the one it last wrote or
-# read: a Ray worker serving a site again skips rebuilding networks, reloading the state and
-# recalibrating noise. Flower hands each message to whichever worker is idle, so with one
-# trainer per worker two sites on two workers swapped workers in most rounds and rebuilt
-# their trainers (0.1-0.25 s of a ~3 s round, measured with the demo networks). Each kept
-# trainer costs ~80 MB (demo networks and site data); two cover two sites per worker.
+# Trainers kept per process. Flower hands each message to whichever Ray worker is idle, so
+# sites move between workers from round to round; rebuilding a site's trainer (networks, DP
+# wrappers, data) on a worker cost 0.1-0.25 s of a ~3 s round (demo networks, measured with
+# timestamps in a 2-site simulation). A kept trainer is used as it is while its state file
+# is the one it last wrote or read, and otherwise reloads that file (what a rebuilt trainer
+# would load: the same state). Each kept trainer costs ~80 MB (demo networks and site
+# data); two cover two sites per worker.
 TRAINERS_KEPT = 2
 _SESSIONS: OrderedDict[str, tuple[tuple[int, int, int] | None, LocalTrainer]] = OrderedDict()
 
@@ -80,22 +81,23 @@ def open_trainer(site: SiteIdentity, req: TrainRequest) -> LocalTrainer:
     state = site.state_dir / STATE_FILE
     # Keyed by the received text: re-serialising the parsed config cost ~0.1 s per site-round.
     key = f"{site.state_dir}|{req.rounds}|{req.config_text or config_to_yaml(req.cfg)}"
-    kept = _SESSIONS.get(key)
-    if kept is not None and kept[0] == _stamp(state):
-        _SESSIONS.move_to_end(key)
-        return kept[1]
-    _SESSIONS.pop(key, None)  # its state file changed: another process trained the site
-    cache = load_site_data(req.cfg, site)
-    trainer = LocalTrainer(
-        req.cfg,
-        cache,
-        planned_steps=req.rounds * req.cfg.federation.local_steps,
-        site=site.name,
-        seed=public_site_seed(req.cfg, site),
-    )
-    if state.is_file():
-        trainer.load(state)
-    _SESSIONS[key] = (_stamp(state), trainer)
+    stamp = _stamp(state)
+    kept = _SESSIONS.pop(key, None)
+    if kept is not None and stamp is not None:
+        trainer = kept[1]
+        if kept[0] != stamp:  # another worker trained the site since: continue from its state
+            trainer.load(state)
+    else:  # first time here, or the state is gone (check_state let it start afresh)
+        trainer = LocalTrainer(
+            req.cfg,
+            load_site_data(req.cfg, site),
+            planned_steps=req.rounds * req.cfg.federation.local_steps,
+            site=site.name,
+            seed=public_site_seed(req.cfg, site),
+        )
+        if stamp is not None:
+            trainer.load(state)
+    _SESSIONS[key] = (stamp, trainer)
     while len(_SESSIONS) > TRAINERS_KEPT:
         _SESSIONS.popitem(last=False)
     return trainer
