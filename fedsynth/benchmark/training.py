@@ -55,8 +55,8 @@ class TrainSettings:
     min_delta: float = 0.005
     augment: bool = True
     acquisition_augment: bool = True  # blur, gamma, noise (benchmark/augment.py)
-    bias_field_augment: bool = False  # smooth bias field, part of the acquisition family
-    texture_augment: bool = False  # correlated noise, part of the acquisition family
+    bias_field_augment: bool = True  # smooth bias field, part of the acquisition family
+    texture_augment: bool = True  # correlated noise, part of the acquisition family
     lr_decay: float = 0.5  # learning-rate factor after two evaluations without a gain
     postprocess: bool = True  # choose a small-tumour threshold on the validation patients
 
