@@ -347,3 +347,47 @@ def test_a_worker_keeps_two_sites_trainers_and_reloads_one_whose_state_moved_on(
     assert built.count("site-0") == 3
     assert reused and _distance(reused, {k: weights[k] for k in reused}) > 0  # it trained
     assert _distance(reused, rebuilt) == 0.0
+
+
+def _metrics(content) -> dict:
+    return dict(next(iter(content.metric_records.values())))
+
+
+def test_a_kept_trainer_reloads_even_when_the_state_file_looks_unchanged(
+    tmp_path, cache_dir, monkeypatch
+):
+    """Inode numbers are reused and clocks are coarse: another worker's save can leave the
+    state file with the same (inode, mtime, size) as this worker's last save. The step count
+    inside the file still differs, so the kept trainer reloads instead of replaying noise and
+    samples another worker already used (and under-counting the accountant)."""
+    sessions = type(client_app._SESSIONS)()
+    monkeypatch.setattr(client_app, "_SESSIONS", sessions)
+    monkeypatch.setattr(client_app, "_stamp", lambda p: (1, 1, 1) if p.is_file() else None)
+    cfg = _cfg(cache_dir, "federation.rounds=3")
+    weights = initial_generator(cfg)
+    site = _site(tmp_path / "a", 0)
+    client_app.train_round(site, _request(cfg, tmp_path / "a", 1, weights))
+    kept = dict(sessions)
+    sessions.clear()  # round 2 on another worker
+    client_app.train_round(site, _request(cfg, tmp_path / "a", 2, weights))
+    sessions.clear()
+    sessions.update(kept)  # round 3 back here: the kept trainer is at round 1
+    reply = client_app.train_round(site, _request(cfg, tmp_path / "a", 3, weights))
+    steps = cfg.federation.local_steps
+    assert _metrics(reply)["steps-total"] == 3 * steps  # continued from round 2's state
+
+
+def test_a_trainer_that_failed_mid_round_is_not_kept(tmp_path, cache_dir, monkeypatch):
+    sessions = type(client_app._SESSIONS)()
+    monkeypatch.setattr(client_app, "_SESSIONS", sessions)
+    cfg = _cfg(cache_dir, "federation.rounds=2")
+    weights = initial_generator(cfg)
+    site = _site(tmp_path / "a", 0)
+
+    def broken(self, steps):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(client_app.LocalTrainer, "train_steps", broken)
+    with pytest.raises(RuntimeError):
+        client_app.train_round(site, _request(cfg, tmp_path / "a", 1, weights))
+    assert len(sessions) == 0  # its in-memory state is not what its file says

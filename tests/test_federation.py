@@ -107,6 +107,18 @@ def test_check_update_refuses_nan_inf_extra_keys_and_shapes():
     assert "float64" in check_update(_arrays(dtype), ref)[0]
 
 
+def test_check_update_reads_the_shape_from_the_data_not_from_the_label():
+    """A site controls both the Array's declared shape and the .npy bytes: an array labelled
+    (2,) float32 whose bytes hold (1,) float64 must not reach the aggregation (broadcasting)."""
+    ref = array_spec(_arrays(_weights(0.0)))
+    forged = Array(Array(np.ones(1, np.float64)).numpy())  # bytes of a (1,) float64 array
+    forged = Array(dtype="float32", shape=(2,), stype=forged.stype, data=forged.data)
+    record = _arrays(_weights(1.0))
+    record["conv.bias"] = forged
+    problems = check_update(record, ref)
+    assert problems and "data hold (1,) float64" in problems[0]
+
+
 # --------------------------------------------------------------------------- aggregation
 
 

@@ -331,3 +331,24 @@ def test_contact_mosaic_places_each_tile_in_display_view():
     grey = np.rint((display_view(s.images[3]) + 1) * 127.5).astype(np.uint8)
     np.testing.assert_array_equal(mosaic[20:28, 40:48], np.stack([grey] * 3, axis=-1))
     assert np.all(mosaic[28:30] == 255)  # the gap between rows
+
+
+def test_a_generator_that_outputs_nan_is_refused_and_nothing_is_written(cfg, tmp_path):
+    """Cast to int16, NaN becomes 0: holes in the brain that no reader would notice."""
+    import torch
+
+    gen = build_generator(cfg.model)
+    with torch.no_grad():
+        next(iter(gen.parameters())).fill_(float("nan"))
+    ckpt = tmp_path / "nan.safetensors"
+    save_checkpoint(
+        ckpt,
+        gen.state_dict(),
+        architecture=cfg.model.generator,
+        config_hash=architecture_hash(cfg.model),
+        step=1,
+        extra={"model": asdict(cfg.model), "image_size": cfg.preprocess.image_size},
+    )
+    with pytest.raises(CheckpointError, match="non-finite"):
+        synthesize(cfg, ckpt, tmp_path / "out", cases=1, progress=False)
+    assert not (tmp_path / "out").exists()

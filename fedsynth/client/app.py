@@ -43,7 +43,7 @@ from fedsynth.common.config import Config, config_to_yaml
 from fedsynth.common.errors import ConfigError, FedsynthError, PrivacyBudgetError
 from fedsynth.common.gan.trainer import LocalTrainer, StepReport
 from fedsynth.common.io.atomic import append_jsonl
-from fedsynth.common.io.checkpoints import load_checkpoint, save_checkpoint
+from fedsynth.common.io.checkpoints import load_checkpoint, save_checkpoint, saved_step
 from fedsynth.common.wire import TrainRequest, reply_content, weights_digest
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,11 @@ def open_trainer(site: SiteIdentity, req: TrainRequest) -> LocalTrainer:
     kept = _SESSIONS.pop(key, None)
     if kept is not None and stamp is not None:
         trainer = kept[1]
-        if kept[0] != stamp:  # another worker trained the site since: continue from its state
+        # Another worker trained the site since: continue from its state. The file's inode,
+        # mtime and size can repeat (inode reuse, coarse clocks), so the step count saved in
+        # the file, which grows with every training save, must match too; a stale trainer
+        # would replay noise and samples another worker already used in a released update.
+        if kept[0] != stamp or saved_step(state) != trainer.steps_done:
             trainer.load(state)
     else:  # first time here, or the state is gone (check_state let it start afresh)
         trainer = LocalTrainer(
@@ -101,6 +105,12 @@ def open_trainer(site: SiteIdentity, req: TrainRequest) -> LocalTrainer:
     while len(_SESSIONS) > TRAINERS_KEPT:
         _SESSIONS.popitem(last=False)
     return trainer
+
+
+def forget_trainer(trainer: LocalTrainer) -> None:
+    """Drop ``trainer`` from the kept ones (the next round rebuilds it from its state file)."""
+    for key in [k for k, (_, kept) in _SESSIONS.items() if kept is trainer]:
+        del _SESSIONS[key]
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
@@ -238,9 +248,13 @@ def train_round(site: SiteIdentity, req: TrainRequest) -> RecordDict:
     except PrivacyBudgetError as e:
         log.warning("%s declines round %d: %s", site.name, req.server_round, e)
         return reply_content(None, reply_metrics(trainer, site, None))
-    load_global(trainer, req)
-    report = trainer.train_steps(steps)
-    save_trainer(site, trainer)
+    try:
+        load_global(trainer, req)
+        report = trainer.train_steps(steps)
+        save_trainer(site, trainer)
+    except BaseException:  # a half-trained trainer is not what its file says: never reuse it
+        forget_trainer(trainer)
+        raise
     log_locally(site, req.server_round, report)
     weights = trainer.get_generator_weights()
     if req.exchange == wire.EXCHANGE_TRAINABLE:  # the frozen rest is the server's already

@@ -133,7 +133,16 @@ def check_update(
                 f"{key}: shape {tuple(array.shape)} {array.dtype}, expected {shape} {dtype}"
             )
             continue
-        values = array.numpy()
+        try:
+            values = wire.array_of(array)
+        except ValueError as e:  # a buffer numpy cannot read
+            problems.append(f"{key}: unreadable array data ({e})")
+            continue
+        if values.shape != shape or str(values.dtype) != dtype:  # the bytes, not the label
+            problems.append(
+                f"{key}: data hold {values.shape} {values.dtype}, declared {shape} {dtype}"
+            )
+            continue
         if np.issubdtype(values.dtype, np.inexact) and not np.isfinite(values).all():
             problems.append(f"{key}: {int((~np.isfinite(values)).sum())} non-finite values")
     return problems

@@ -38,7 +38,7 @@ from fedsynth.common.data.preprocess import (
     resize_images,
     resize_nearest,
 )
-from fedsynth.common.errors import OutputExistsError
+from fedsynth.common.errors import CheckpointError, OutputExistsError
 from fedsynth.common.gan.trainer import resolve_device
 from fedsynth.common.io.atomic import atomic_directory, atomic_write_json, atomic_write_text
 from fedsynth.common.io.nifti import save_volume, to_stored_orientation
@@ -196,6 +196,17 @@ def write_case(folder: Path, case_id: str, case: LabelCase, stored: np.ndarray) 
     save(f"{case_id}_tissue.nii.gz", case.tissue, np.uint8)
 
 
+def check_finite(fake: np.ndarray, checkpoint: Any, case_id: str) -> None:
+    """Refuse non-finite generator output (a diverged or damaged checkpoint): cast to int16,
+    NaN would become 0 and silently cut holes in the brain."""
+    bad = int(np.size(fake) - np.count_nonzero(np.isfinite(fake)))
+    if bad:
+        raise CheckpointError(
+            checkpoint,
+            f"the generator output {bad} non-finite values for {case_id}; it may have diverged",
+        )
+
+
 def finish_case(
     folder: Path, case_id: str, case: LabelCase, fake: np.ndarray, stack: SliceStack
 ) -> None:
@@ -310,6 +321,7 @@ def synthesize(
                 case_id = synthetic_id(i)
                 stack = slice_case(case, gen.image_size)
                 fake = generate_slices(gen.module, stack, cfg.synthesis.batch_size, device)
+                check_finite(fake, checkpoint, case_id)
                 writer.submit(finish_case, tmp / case_id, case_id, case, fake, stack)
                 n_slices += len(stack.z)
                 provenance.append({"case": case_id, **case.provenance()})

@@ -216,7 +216,10 @@ def cached_atlas_case(
         case = atlas_case(index, voxel_size, seed, with_tumour)
         buffer = io.BytesIO()
         np.savez_compressed(buffer, tissue=case.tissue, labels=case.labels, affine=case.affine)
-        atomic_write_bytes(path, buffer.getvalue())  # concurrent runs: the same bytes
+        try:
+            atomic_write_bytes(path, buffer.getvalue())  # concurrent runs: the same bytes
+        except OSError as e:  # a read-only or full cache only costs the next run time
+            log.warning("atlas case not cached in %s: %s", path, e)
     return case
 
 

@@ -61,9 +61,18 @@ def save_checkpoint(
         "step": str(int(step)),
         "extra": json.dumps(dict(extra or {}), sort_keys=True),
     }
-    with atomic_path(path, durable=durable) as tmp:  # resume must find it after a crash
+    with atomic_path(path, durable=durable) as tmp:  # durable: resume finds it after a crash
         save_file(data, str(tmp), metadata=metadata)
     return path
+
+
+def saved_step(path: str | Path) -> int | None:
+    """The ``step`` a checkpoint was saved at (header only, no tensors read); None when the
+    file is missing or not a fedsynth checkpoint."""
+    try:
+        return int(_read_metadata(Path(path))["step"])
+    except (OSError, KeyError, ValueError, Exception):  # safetensors raises its own errors
+        return None
 
 
 def _read_metadata(path: Path) -> dict[str, str]:
