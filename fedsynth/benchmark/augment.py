@@ -16,7 +16,9 @@ Two families, each on by its own switch:
   Why: a pix2pix generator renders the conditional mean of an image, so synthetic slices
   carry no acquisition noise, bias or blur (see any sample grid), and a segmenter trained on
   them alone meets all of them for the first time on the test patients. The ranges were set
-  once from nnU-Net's and MONAI's defaults, not tuned on any score.
+  once (nnU-Net's and MONAI's defaults; texture: our choice of gain <= 0.1 over 1 px) and not
+  tuned; whether bias field and texture are on was decided on public data only
+  (docs/benchmark.md, "Choosing the augmentation on a public consortium").
 
 Everything happens inside the brain; the background stays exactly -1, as the cache stores it.
 Parameters come from the caller's numpy generator, so a seed reproduces the batch.
